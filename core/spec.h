@@ -1,0 +1,143 @@
+// The experiment spec: a JSON document parsed into typed structs.
+//
+// Every key is documented in docs/spec.md. Parsing is strict: an unknown key, a wrong type or an
+// out-of-range value is a SpecError whose message names the source (file), the JSON path
+// (e.g. `model.n_heads`) and the offending value.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pt {
+
+class SpecError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct NormSpec {
+  std::string type = "rmsnorm";  // rmsnorm | layernorm
+  std::string scale = "vector";  // none | vector | zero_centered  (gamma, or x_hat * (1 + w) with w init 0)
+  double eps = 1e-5;
+};
+
+struct ModelSpec {
+  std::string preset = "llama";  // llama | gpt2: sets the defaults of the keys below that are not given
+  int64_t vocab_size = 64;
+  int64_t seq_len = 64;          // context length (training window)
+  int64_t d_model = 64;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;        // 0 = n_heads (multi-head); fewer = grouped-query attention
+  int64_t ffn_hidden = 0;        // 0 = preset default (llama: multiple_of(8/3 d); gpt2: 4 d)
+  NormSpec norm;                 // llama: rmsnorm/vector; gpt2: layernorm/vector
+  std::string activation = "swiglu";  // relu | gelu | gelu_tanh | silu | relu2 | swiglu | geglu | reglu
+  std::string position = "rope";      // rope | learned | none
+  double rope_theta = 10000.0;
+  bool tied_embeddings = false;
+  bool bias = false;             // biases on linear maps (gpt2 preset: true)
+  double init_std = 0.02;        // std of the normal init of weight matrices and embeddings
+  bool scaled_residual_init = true;  // output projections init with std / sqrt(2 * n_layers)
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  bool gated_activation() const { return activation == "swiglu" || activation == "geglu" || activation == "reglu"; }
+};
+
+// Which parameter groups get weight decay (matrices always do).
+struct WeightDecayRules {
+  bool embeddings = false;  // token and position embeddings (and the tied LM head)
+  bool norm_scales = false; // scale vectors of normalisations
+  bool biases = false;
+};
+
+struct OptimSpec {
+  std::string name = "adamw";
+  double lr = 1e-3;          // peak learning rate
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  WeightDecayRules decay;
+  double grad_clip = 1.0;    // global L2 norm; 0 disables clipping
+};
+
+struct ScheduleSpec {
+  std::string type = "cosine";  // constant | cosine | linear | wsd
+  int64_t warmup_steps = 0;     // linear warm-up from 0 to the peak lr
+  double min_lr_ratio = 0.1;    // final lr = min_lr_ratio * lr (cosine, linear, wsd)
+  double decay_fraction = 0.2;  // wsd: fraction of all steps spent in the final linear decay
+};
+
+struct SyntheticDataSpec {
+  uint64_t seed = 1234;       // the Markov source's transition table
+  int64_t support = 4;        // next-token candidates per state (entropy floor <= log(support))
+  double concentration = 1.0; // Dirichlet-like skew of the candidate probabilities (larger = flatter)
+};
+
+struct DataSpec {
+  std::string source = "synthetic";  // synthetic | shards
+  SyntheticDataSpec synthetic;
+  std::string train;   // shards: glob of training shards
+  std::string val;     // shards: glob of validation shards
+};
+
+struct TrainingSpec {
+  std::string device = "cpu";     // cpu | cuda
+  std::string precision = "fp32"; // fp32 | bf16 (bf16 compute, fp32 master weights; cuda only)
+  int64_t micro_batch = 8;        // sequences per micro-step
+  int64_t grad_accum = 1;         // micro-steps per optimizer step
+  int64_t steps = 0;              // optimizer steps; 0 = derive from tokens
+  int64_t tokens = 0;             // token budget (used when steps == 0)
+  uint64_t seed = 1;              // parameter init and data order
+  int64_t eval_every = 100;       // steps between validation passes; 0 = only at the end
+  int64_t eval_batches = 4;       // micro-batches per validation pass
+
+  int64_t tokens_per_step(int64_t seq_len) const { return micro_batch * grad_accum * seq_len; }
+};
+
+struct CheckpointSpec {
+  int64_t every = 0;      // steps between checkpoints; 0 = only the final one
+  int64_t keep_last = 3;  // older checkpoints are deleted
+};
+
+struct LoggingSpec {
+  int64_t every = 10;     // steps between console lines (metrics.jsonl gets every step)
+};
+
+struct ExperimentSpec {
+  std::string name = "experiment";
+  ModelSpec model;
+  OptimSpec optim;
+  ScheduleSpec schedule;
+  DataSpec data;
+  TrainingSpec training;
+  CheckpointSpec checkpoint;
+  LoggingSpec logging;
+
+  // Optimizer steps this run will take (training.steps, or tokens / tokens_per_step rounded up).
+  int64_t total_steps() const;
+};
+
+// Parse a spec. `source` names where the JSON came from (a file path) for error messages.
+// Presets are applied first, then the given keys; then the whole spec is validated.
+ExperimentSpec parse_spec(const nlohmann::json& j, const std::string& source);
+
+// Read a JSON file, apply `--set path=value` overrides (value parsed as JSON, else taken as a string),
+// and parse it. Errors name the file, the path and the value.
+ExperimentSpec load_spec(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Apply one `a.b.c=value` override to a JSON document (creating objects as needed).
+void apply_override(nlohmann::json& j, const std::string& assignment);
+
+// The fully resolved spec (every key, defaults filled in); parse_spec(to_json(s)) == s.
+nlohmann::json to_json(const ExperimentSpec& s);
+
+// The embedded default spec: a tiny llama-style model on the synthetic Markov source, on CPU.
+nlohmann::json default_spec_json();
+
+}  // namespace pt
