@@ -1,0 +1,24 @@
+// pretrain: the command-line entry point. Subcommands live in cmd/*.cpp.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <exception>
+
+#include "cmd/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"pretrain: pretrain dense and Mixture-of-Experts transformers from a JSON experiment spec"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "pretrain 0.1.0");
+  pt::cmd::register_train_commands(app);
+  pt::cmd::register_data_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,46 @@
+#include "core/backend.h"
+
+#include <stdexcept>
+
+namespace pt {
+
+Backend& cpu_backend();  // core/cpu/cpu_backend.cpp
+
+namespace {
+Backend* cuda_backend = nullptr;
+}
+
+const char* unary_op_name(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::identity: return "identity";
+    case UnaryOp::neg: return "neg";
+    case UnaryOp::relu: return "relu";
+    case UnaryOp::gelu_erf: return "gelu";
+    case UnaryOp::gelu_tanh: return "gelu_tanh";
+    case UnaryOp::silu: return "silu";
+    case UnaryOp::relu2: return "relu2";
+    case UnaryOp::sigmoid: return "sigmoid";
+    case UnaryOp::tanh: return "tanh";
+    case UnaryOp::exp: return "exp";
+    case UnaryOp::log: return "log";
+    case UnaryOp::sqrt: return "sqrt";
+    case UnaryOp::square: return "square";
+  }
+  return "?";
+}
+
+void register_backend(DeviceType type, Backend* backend) {
+  if (type == DeviceType::cuda) cuda_backend = backend;
+}
+
+bool backend_available(DeviceType type) { return type == DeviceType::cpu || cuda_backend != nullptr; }
+
+Backend& backend_for(Device device) {
+  if (device.is_cpu()) return cpu_backend();
+  if (!cuda_backend)
+    throw std::runtime_error("device " + device.str() +
+                             " is not available: this build has no CUDA backend or no GPU was found");
+  return *cuda_backend;
+}
+
+}  // namespace pt

@@ -1,0 +1,60 @@
+// Differentiable ops: forward + backward for each, registered with autograd, dispatched to the
+// tensors' backend by device tag. Shapes, dtypes and devices are checked here, at the boundary,
+// with messages naming the op and the offending shapes.
+//
+// Conventions: floating inputs of one op share dtype and device; "last dim" ops treat the tensor
+// as rows of its last dimension; attention tensors are [batch, seq, heads, head_dim].
+#pragma once
+
+#include <vector>
+
+#include "core/backend.h"
+#include "core/tensor.h"
+
+namespace pt::ops {
+
+// ---- elementwise (numpy broadcasting for the binary ones)
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, double factor);      // x * factor
+Tensor add_scalar(const Tensor& x, double value);  // x + value
+Tensor unary(UnaryOp op, const Tensor& x);
+inline Tensor relu(const Tensor& x) { return unary(UnaryOp::relu, x); }
+inline Tensor gelu(const Tensor& x) { return unary(UnaryOp::gelu_erf, x); }
+inline Tensor gelu_tanh(const Tensor& x) { return unary(UnaryOp::gelu_tanh, x); }
+inline Tensor silu(const Tensor& x) { return unary(UnaryOp::silu, x); }
+inline Tensor relu2(const Tensor& x) { return unary(UnaryOp::relu2, x); }
+inline Tensor sigmoid(const Tensor& x) { return unary(UnaryOp::sigmoid, x); }
+
+// ---- reductions and shape
+Tensor sum(const Tensor& x);                          // all elements -> scalar (shape [])
+Tensor mean(const Tensor& x);                         // all elements -> scalar
+Tensor sum_to(const Tensor& x, const Shape& shape);   // reduce broadcast dims so the result has `shape`
+Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes);  // along the last dim
+Tensor concat(const std::vector<Tensor>& xs);                                 // along the last dim
+
+// ---- layers
+// y = x @ weight^T + bias; x [..., in], weight [out, in], bias [out] or undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// ids [...] (i32/i64), table [V, D] -> [..., D]
+Tensor embedding(const Tensor& ids, const Tensor& table);
+// RMSNorm over the last dim; weight [D] or undefined (no scale).
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+// LayerNorm over the last dim; weight/bias [D] or undefined.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+// Rotary position embedding of x [B, T, H, D] (D even), positions 0..T-1.
+Tensor rope(const Tensor& x, double theta);
+// Causal attention; q [B, T, Hq, D], k/v [B, T, Hkv, D]; scale defaults to 1/sqrt(D).
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale = 0.0);
+Tensor softmax(const Tensor& x);  // over the last dim
+// act(gate) * up for gated FFNs (swiglu: silu, geglu: gelu_tanh, reglu: relu).
+Tensor glu(GluKind kind, const Tensor& gate, const Tensor& up);
+// Mean negative log-likelihood of targets under softmax(logits), fused with log-softmax.
+// logits [N, V], targets [N] (i32/i64; -1 = ignored). `num_valid` = count of non-ignored
+// targets if the caller knows it (avoids reading targets back from the device), else -1.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_valid = -1);
+
+}  // namespace pt::ops

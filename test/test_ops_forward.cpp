@@ -1,0 +1,122 @@
+// Forward values of the fused ops against straightforward compositions / closed forms.
+#include <cmath>
+
+#include "test/catch.h"
+#include "test/gradcheck.h"
+
+using namespace pt;
+using pt::test::random_f64;
+
+namespace {
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  auto x = a.to_vector<double>(), y = b.to_vector<double>();
+  REQUIRE(x.size() == y.size());
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+  return m;
+}
+}  // namespace
+
+TEST_CASE("causal attention equals masked softmax(QK^T)V", "[ops]") {
+  const int64_t B = 2, T = 5, H = 4, Hkv = 2, D = 3;
+  auto q = random_f64({B, T, H, D}, 1), k = random_f64({B, T, Hkv, D}, 2), v = random_f64({B, T, Hkv, D}, 3);
+  Tensor out = ops::causal_attention(q, k, v);
+  auto qv = q.to_vector<double>(), kv = k.to_vector<double>(), vv = v.to_vector<double>();
+  std::vector<double> ref(size_t(B * T * H * D), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> s(size_t(t + 1));
+        double mx = -1e300, sum = 0;
+        for (int64_t j = 0; j <= t; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += qv[size_t(((b * T + t) * H + h) * D + d)] * kv[size_t(((b * T + j) * Hkv + h / 2) * D + d)];
+          s[size_t(j)] = dot / std::sqrt(double(D));
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        for (auto& x : s) sum += (x = std::exp(x - mx));
+        for (int64_t j = 0; j <= t; ++j)
+          for (int64_t d = 0; d < D; ++d)
+            ref[size_t(((b * T + t) * H + h) * D + d)] +=
+                s[size_t(j)] / sum * vv[size_t(((b * T + j) * Hkv + h / 2) * D + d)];
+      }
+  CHECK(max_abs_diff(out, Tensor::from_vector(ref, out.shape())) < 1e-12);
+}
+
+TEST_CASE("rope rotates pairs and preserves norms; position 0 is identity", "[ops]") {
+  auto x = random_f64({1, 4, 2, 6}, 4);
+  Tensor y = ops::rope(x, 10000.0);
+  auto xv = x.to_vector<double>(), yv = y.to_vector<double>();
+  for (int64_t i = 0; i < 12; ++i) CHECK(yv[size_t(i)] == Approx(xv[size_t(i)]));  // t = 0
+  // t = 1, pair 0: angle 1 rad
+  CHECK(yv[12] == Approx(xv[12] * std::cos(1.0) - xv[15] * std::sin(1.0)));
+  double nx = 0, ny = 0;
+  for (size_t i = 0; i < xv.size(); ++i) nx += xv[i] * xv[i], ny += yv[i] * yv[i];
+  CHECK(ny == Approx(nx));
+}
+
+TEST_CASE("cross entropy equals -log softmax at the target, averaged over valid rows", "[ops]") {
+  auto logits = random_f64({3, 4}, 5);
+  Tensor targets = Tensor::from_vector<int64_t>({2, -1, 0}, {3});
+  const double loss = ops::cross_entropy(logits, targets).item();
+  auto p = ops::softmax(logits).to_vector<double>();
+  CHECK(loss == Approx(-(std::log(p[2]) + std::log(p[8])) / 2.0));
+}
+
+TEST_CASE("norms: rms_norm and layer_norm produce unit statistics", "[ops]") {
+  auto x = random_f64({4, 16}, 6, 3.0);
+  auto y = ops::rms_norm(x, Tensor(), 0.0).to_vector<double>();
+  for (int r = 0; r < 4; ++r) {
+    double ms = 0;
+    for (int j = 0; j < 16; ++j) ms += y[size_t(r * 16 + j)] * y[size_t(r * 16 + j)];
+    CHECK(ms / 16 == Approx(1.0));
+  }
+  auto z = ops::layer_norm(x, Tensor(), Tensor(), 0.0).to_vector<double>();
+  for (int r = 0; r < 4; ++r) {
+    double mu = 0;
+    for (int j = 0; j < 16; ++j) mu += z[size_t(r * 16 + j)];
+    CHECK(std::abs(mu / 16) < 1e-12);
+  }
+}
+
+TEST_CASE("ops reject mismatched shapes with messages naming op and shapes", "[ops]") {
+  auto x = random_f64({2, 5}, 7), w = random_f64({3, 4}, 8);
+  try {
+    ops::linear(x, w);
+    FAIL("expected an error");
+  } catch (const std::invalid_argument& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("linear") != std::string::npos);
+    CHECK(msg.find("[2, 5]") != std::string::npos);
+    CHECK(msg.find("[3, 4]") != std::string::npos);
+  }
+  CHECK_THROWS_AS(ops::add(random_f64({2, 3}, 1), random_f64({4}, 2)), std::invalid_argument);
+  CHECK_THROWS_AS(ops::add(random_f64({2}, 1), random_f64({2}, 2).to(DType::f32)), std::invalid_argument);
+  Tensor bad_ids = Tensor::from_vector<int32_t>({0, 7}, {2});
+  CHECK_THROWS_AS(ops::embedding(bad_ids, random_f64({5, 2}, 3)), std::out_of_range);
+}
+
+TEST_CASE("autograd: fan-out accumulates, no_grad records nothing, leaf grads accumulate", "[autograd]") {
+  Tensor x = Tensor::from_vector<double>({1.0, 2.0, 3.0}, {3});
+  x.set_requires_grad(true);
+  Tensor y = ops::sum(ops::add(ops::mul(x, x), x));  // d/dx = 2x + 1
+  y.backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{3.0, 5.0, 7.0});
+  ops::sum(x).backward();  // accumulates +1
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{4.0, 6.0, 8.0});
+  {
+    NoGradGuard guard;
+    Tensor z = ops::mul(x, x);
+    CHECK_FALSE(z.requires_grad());
+    CHECK(z.grad_fn() == nullptr);
+  }
+  // Two leaves fed by one shared gradient must not alias each other's .grad.
+  Tensor a = Tensor::from_vector<double>({1.0}, {1}), b = Tensor::from_vector<double>({2.0}, {1});
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  ops::sum(ops::add(a, b)).backward();
+  ops::sum(ops::scale(a, 5.0)).backward();
+  CHECK(a.grad().item() == 6.0);
+  CHECK(b.grad().item() == 1.0);
+}

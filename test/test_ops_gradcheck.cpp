@@ -1,0 +1,120 @@
+// Every differentiable op: analytic gradients against central finite differences in float64.
+#include "test/catch.h"
+#include "test/gradcheck.h"
+
+using namespace pt;
+using pt::test::gradcheck;
+using pt::test::random_f64;
+
+#define CHECK_GRAD(result)                  \
+  do {                                      \
+    auto r_ = (result);                     \
+    INFO("worst: " << r_.worst);            \
+    INFO("max abs error " << r_.max_abs_error); \
+    CHECK(r_.ok);                           \
+  } while (0)
+
+TEST_CASE("gradcheck: binary ops with broadcasting", "[ops][gradcheck]") {
+  auto a = random_f64({2, 3, 4}, 1);
+  auto b = random_f64({3, 1}, 2);
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::add(x[0], x[1]); }, {a, b}));
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::sub(x[0], x[1]); }, {a.clone(), b.clone()}));
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::mul(x[0], x[1]); }, {a.clone(), b.clone()}));
+  auto pos = ops::add_scalar(random_f64({4}, 3, 0.1), 2.0).detach();  // keep the divisor away from 0
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::div(x[0], x[1]); }, {a.clone(), pos}));
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::scale(x[0], -1.7); }, {a.clone()}));
+  CHECK_GRAD(gradcheck([](auto& x) { return ops::add_scalar(x[0], 0.3); }, {a.clone()}));
+}
+
+TEST_CASE("gradcheck: unary activations", "[ops][gradcheck]") {
+  for (UnaryOp op : {UnaryOp::neg, UnaryOp::relu, UnaryOp::gelu_erf, UnaryOp::gelu_tanh, UnaryOp::silu,
+                     UnaryOp::relu2, UnaryOp::sigmoid, UnaryOp::tanh, UnaryOp::exp, UnaryOp::square}) {
+    INFO("op " << unary_op_name(op));
+    // Values away from the kinks of relu/relu2 at 0.
+    Tensor x = random_f64({3, 5}, 4);
+    auto v = x.data<double>();
+    for (int64_t i = 0; i < x.numel(); ++i)
+      if (std::abs(v[i]) < 0.05) v[i] += 0.1;
+    CHECK_GRAD(gradcheck([op](auto& in) { return ops::unary(op, in[0]); }, {x}));
+  }
+  for (UnaryOp op : {UnaryOp::log, UnaryOp::sqrt}) {
+    INFO("op " << unary_op_name(op));
+    Tensor x = ops::add_scalar(ops::unary(UnaryOp::square, random_f64({7}, 5)), 0.5).detach();
+    CHECK_GRAD(gradcheck([op](auto& in) { return ops::unary(op, in[0]); }, {x}));
+  }
+}
+
+TEST_CASE("gradcheck: reductions and shape ops", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 4}, 6);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::sum(in[0]); }, {x}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::mean(in[0]); }, {x.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::sum_to(in[0], {3, 1}); }, {x.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::reshape(in[0], {4, -1}); }, {x.clone()}));
+  CHECK_GRAD(gradcheck(
+      [](auto& in) {
+        auto parts = ops::split(in[0], {1, 2, 1});
+        // Use the parts unevenly so each gets a distinct gradient.
+        return ops::concat({ops::scale(parts[2], 3.0), parts[0], ops::mul(parts[1], parts[1])});
+      },
+      {x.clone()}));
+}
+
+TEST_CASE("gradcheck: linear with and without bias", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 5}, 7);
+  auto w = random_f64({4, 5}, 8);
+  auto b = random_f64({4}, 9);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear(in[0], in[1], in[2]); }, {x, w, b}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear(in[0], in[1]); }, {x.clone(), w.clone()}));
+}
+
+TEST_CASE("gradcheck: embedding (repeated ids accumulate)", "[ops][gradcheck]") {
+  Tensor ids = Tensor::from_vector<int32_t>({1, 3, 1, 0, 3, 3}, {2, 3});
+  auto table = random_f64({5, 4}, 10);
+  CHECK_GRAD(gradcheck([ids](auto& in) { return ops::embedding(ids, in[0]); }, {table}));
+}
+
+TEST_CASE("gradcheck: rms_norm and layer_norm", "[ops][gradcheck]") {
+  auto x = random_f64({3, 2, 6}, 11);
+  auto w = random_f64({6}, 12);
+  auto b = random_f64({6}, 13);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::rms_norm(in[0], in[1], 1e-5); }, {x, w}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::rms_norm(in[0], Tensor(), 1e-5); }, {x.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::layer_norm(in[0], in[1], in[2], 1e-5); },
+                       {x.clone(), w.clone(), b.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::layer_norm(in[0], Tensor(), Tensor(), 1e-5); }, {x.clone()}));
+}
+
+TEST_CASE("gradcheck: rope", "[ops][gradcheck]") {
+  auto x = random_f64({2, 5, 3, 8}, 14);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::rope(in[0], 10000.0); }, {x}));
+}
+
+TEST_CASE("gradcheck: causal attention, multi-head and grouped-query", "[ops][gradcheck]") {
+  SECTION("MHA") {
+    auto q = random_f64({2, 5, 2, 4}, 15), k = random_f64({2, 5, 2, 4}, 16), v = random_f64({2, 5, 2, 4}, 17);
+    CHECK_GRAD(gradcheck([](auto& in) { return ops::causal_attention(in[0], in[1], in[2]); }, {q, k, v}));
+  }
+  SECTION("GQA") {
+    auto q = random_f64({1, 6, 4, 4}, 18), k = random_f64({1, 6, 2, 4}, 19), v = random_f64({1, 6, 2, 4}, 20);
+    CHECK_GRAD(gradcheck([](auto& in) { return ops::causal_attention(in[0], in[1], in[2]); }, {q, k, v}));
+  }
+}
+
+TEST_CASE("gradcheck: softmax and gated linear units", "[ops][gradcheck]") {
+  auto x = random_f64({4, 7}, 21);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::softmax(in[0]); }, {x}));
+  for (GluKind kind : {GluKind::swiglu, GluKind::geglu, GluKind::reglu}) {
+    INFO("glu kind " << int(kind));
+    auto g = random_f64({3, 6}, 22), u = random_f64({3, 6}, 23);
+    auto gv = g.data<double>();
+    for (int64_t i = 0; i < g.numel(); ++i)
+      if (std::abs(gv[i]) < 0.05) gv[i] += 0.1;
+    CHECK_GRAD(gradcheck([kind](auto& in) { return ops::glu(kind, in[0], in[1]); }, {g, u}));
+  }
+}
+
+TEST_CASE("gradcheck: cross entropy with ignored targets", "[ops][gradcheck]") {
+  auto logits = random_f64({5, 9}, 24, 2.0);
+  Tensor targets = Tensor::from_vector<int32_t>({3, -1, 8, 0, 3}, {5});
+  CHECK_GRAD(gradcheck([targets](auto& in) { return ops::cross_entropy(in[0], targets); }, {logits}));
+}
