@@ -1,4 +1,5 @@
 // Deterministic, serialisable random numbers (xoshiro256**, seeded through splitmix64).
+// Header-only so data/ can use it without linking core.
 // All parameter init and data order comes from here, so a run is reproducible from its seed
 // and a checkpoint can restore the exact stream.
 #pragma once
@@ -6,6 +7,9 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 
 namespace pt {
@@ -67,8 +71,27 @@ class Rng {
   }
 
   // Exact state as text, for checkpoints: 4 words, the spare-normal flag and its bits.
-  std::string serialize() const;
-  void deserialize(const std::string& text);  // throws std::invalid_argument on malformed text
+  std::string serialize() const {
+    uint64_t spare_bits;
+    std::memcpy(&spare_bits, &spare_normal_, sizeof spare_bits);
+    std::ostringstream out;
+    for (uint64_t s : state_) out << s << ' ';
+    out << (has_spare_normal_ ? 1 : 0) << ' ' << spare_bits;
+    return out.str();
+  }
+  // Throws std::invalid_argument on malformed text.
+  void deserialize(const std::string& text) {
+    std::istringstream in(text);
+    std::array<uint64_t, 4> state{};
+    int has_spare = 0;
+    uint64_t spare_bits = 0;
+    for (auto& s : state) in >> s;
+    in >> has_spare >> spare_bits;
+    if (!in || (has_spare != 0 && has_spare != 1)) throw std::invalid_argument("malformed RNG state \"" + text + "\"");
+    state_ = state;
+    has_spare_normal_ = has_spare == 1;
+    std::memcpy(&spare_normal_, &spare_bits, sizeof spare_bits);
+  }
 
  private:
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

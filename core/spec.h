@@ -23,6 +23,8 @@ struct NormSpec {
   std::string type = "rmsnorm";  // rmsnorm | layernorm
   std::string scale = "vector";  // none | vector | zero_centered  (gamma, or x_hat * (1 + w) with w init 0)
   double eps = 1e-5;
+
+  bool operator==(const NormSpec&) const = default;
 };
 
 struct ModelSpec {
@@ -46,6 +48,8 @@ struct ModelSpec {
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   bool gated_activation() const { return activation == "swiglu" || activation == "geglu" || activation == "reglu"; }
+
+  bool operator==(const ModelSpec&) const = default;
 };
 
 // Which parameter groups get weight decay (matrices always do).
@@ -53,6 +57,8 @@ struct WeightDecayRules {
   bool embeddings = false;  // token and position embeddings (and the tied LM head)
   bool norm_scales = false; // scale vectors of normalisations
   bool biases = false;
+
+  bool operator==(const WeightDecayRules&) const = default;
 };
 
 struct OptimSpec {
@@ -64,6 +70,8 @@ struct OptimSpec {
   double weight_decay = 0.1;
   WeightDecayRules decay;
   double grad_clip = 1.0;    // global L2 norm; 0 disables clipping
+
+  bool operator==(const OptimSpec&) const = default;
 };
 
 struct ScheduleSpec {
@@ -71,12 +79,16 @@ struct ScheduleSpec {
   int64_t warmup_steps = 0;     // linear warm-up from 0 to the peak lr
   double min_lr_ratio = 0.1;    // final lr = min_lr_ratio * lr (cosine, linear, wsd)
   double decay_fraction = 0.2;  // wsd: fraction of all steps spent in the final linear decay
+
+  bool operator==(const ScheduleSpec&) const = default;
 };
 
 struct SyntheticDataSpec {
   uint64_t seed = 1234;       // the Markov source's transition table
   int64_t support = 4;        // next-token candidates per state (entropy floor <= log(support))
   double concentration = 1.0; // Dirichlet-like skew of the candidate probabilities (larger = flatter)
+
+  bool operator==(const SyntheticDataSpec&) const = default;
 };
 
 struct DataSpec {
@@ -84,6 +96,8 @@ struct DataSpec {
   SyntheticDataSpec synthetic;
   std::string train;   // shards: glob of training shards
   std::string val;     // shards: glob of validation shards
+
+  bool operator==(const DataSpec&) const = default;
 };
 
 struct TrainingSpec {
@@ -98,15 +112,21 @@ struct TrainingSpec {
   int64_t eval_batches = 4;       // micro-batches per validation pass
 
   int64_t tokens_per_step(int64_t seq_len) const { return micro_batch * grad_accum * seq_len; }
+
+  bool operator==(const TrainingSpec&) const = default;
 };
 
 struct CheckpointSpec {
   int64_t every = 0;      // steps between checkpoints; 0 = only the final one
   int64_t keep_last = 3;  // older checkpoints are deleted
+
+  bool operator==(const CheckpointSpec&) const = default;
 };
 
 struct LoggingSpec {
   int64_t every = 10;     // steps between console lines (metrics.jsonl gets every step)
+
+  bool operator==(const LoggingSpec&) const = default;
 };
 
 struct ExperimentSpec {
@@ -121,6 +141,8 @@ struct ExperimentSpec {
 
   // Optimizer steps this run will take (training.steps, or tokens / tokens_per_step rounded up).
   int64_t total_steps() const;
+
+  bool operator==(const ExperimentSpec&) const = default;
 };
 
 // Parse a spec. `source` names where the JSON came from (a file path) for error messages.

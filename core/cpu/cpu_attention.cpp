@@ -3,7 +3,6 @@
 // Backward recomputes the probabilities from lse (as flash attention does):
 //   dp_j = dout_t . v_j,  D = dout_t . out_t,  ds_j = p_j (dp_j - D)
 //   dq_t += scale * ds_j k_j,  dk_j += scale * ds_j q_t,  dv_j += p_j dout_t
-// Work is split over (batch, kv head) so each thread owns the dk/dv rows it accumulates into.
 #include <cmath>
 #include <vector>
 
@@ -22,7 +21,6 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
     const F* vp = v.data<F>();
     F* op = out.data<F>();
     F* lp = lse.data<F>();
-#pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t hk = h / group;
@@ -72,7 +70,6 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
     std::fill(dqp, dqp + dq.numel(), F(0));
     std::fill(dkp, dkp + dk.numel(), F(0));
     std::fill(dvp, dvp + dv.numel(), F(0));
-#pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t hk = 0; hk < Hkv; ++hk)
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h)

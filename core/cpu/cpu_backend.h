@@ -1,6 +1,6 @@
 // The CPU reference backend. Kernels compute in the tensor's dtype (f32 or f64; bf16 tensors can
-// be stored, copied and cast, but CPU kernels compute in f32/f64 only). GEMMs go to OpenBLAS;
-// row-parallel kernels use OpenMP across rows (never reducing across threads, so results are
+// be stored, copied and cast, but CPU kernels compute in f32/f64 only). GEMMs go to OpenBLAS,
+// which may use several threads; the other kernels are single-threaded loops (results are
 // bit-identical from run to run).
 #pragma once
 

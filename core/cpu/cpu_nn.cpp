@@ -1,6 +1,5 @@
 // CPU neural-network kernels: GEMM (OpenBLAS), embedding, RMSNorm, LayerNorm, RoPE, softmax,
-// gated linear units and the fused cross-entropy. Row loops are OpenMP-parallel; every row is
-// computed by one thread, so results do not depend on the thread count.
+// gated linear units and the fused cross-entropy.
 #include <cblas.h>
 
 #include <cmath>
@@ -75,7 +74,6 @@ void CpuBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double 
     const T* w = weight.defined() ? weight.data<T>() : nullptr;
     T* yp = y.data<T>();
     T* rp = rstd.data<T>();
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       T* yr = yp + r * dim;
@@ -99,7 +97,6 @@ void CpuBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const 
     const T* gp = dy.data<T>();
     T* dxp = dx.data<T>();
     // x_hat = x * rstd; dx = rstd * (g*w - x_hat * mean(g*w*x_hat))
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       const T* gr = gp + r * dim;
@@ -129,7 +126,6 @@ void CpuBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const
     T* yp = y.data<T>();
     T* mp = mean.data<T>();
     T* rp = rstd.data<T>();
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       T mu = 0;
@@ -159,7 +155,6 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, cons
     const T* gp = dy.data<T>();
     T* dxp = dx.data<T>();
     // dx = rstd * (gw - mean(gw) - x_hat * mean(gw * x_hat)), gw = g * w
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       const T* gr = gp + r * dim;
@@ -199,7 +194,6 @@ void CpuBackend::rope(const Tensor& x, double theta, bool inverse, const Tensor&
         cos_table[size_t(p * half + i)] = T(std::cos(angle));
         sin_table[size_t(p * half + i)] = T(std::sin(angle)) * (inverse ? T(-1) : T(1));
       }
-#pragma omp parallel for schedule(static)
     for (int64_t bt = 0; bt < batch * seq; ++bt) {
       const int64_t p = bt % seq;
       for (int64_t h = 0; h < heads; ++h) {
@@ -222,7 +216,6 @@ void CpuBackend::softmax_forward(const Tensor& x, const Tensor& y) {
     using T = decltype(t);
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * cols;
       T* yr = yp + r * cols;
@@ -242,7 +235,6 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tenso
     const T* yp = y.data<T>();
     const T* gp = dy.data<T>();
     T* dp = dx.data<T>();
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       T dot = 0;
       for (int64_t j = 0; j < cols; ++j) dot += yp[r * cols + j] * gp[r * cols + j];
@@ -294,7 +286,6 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
     const T* lp = logits.data<T>();
     T* loss = losses.data<T>();
     T* lsep = lse.data<T>();
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* row = lp + r * vocab;
       T mx = row[0];
@@ -318,7 +309,6 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
     const T* lsep = lse.data<T>();
     T* dp = dlogits.data<T>();
     const T g = static_cast<T>(dloss.item() * scale);
-#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t target = read_id(targets, r);
       T* drow = dp + r * vocab;

@@ -1,0 +1,62 @@
+#include "core/optim.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+
+namespace pt {
+
+double learning_rate(const OptimSpec& optim, const ScheduleSpec& schedule, int64_t step, int64_t total_steps) {
+  const double peak = optim.lr, floor = optim.lr * schedule.min_lr_ratio;
+  if (step < schedule.warmup_steps) return peak * static_cast<double>(step + 1) / static_cast<double>(schedule.warmup_steps);
+  if (schedule.type == "constant") return peak;
+  const double decay_steps = static_cast<double>(std::max<int64_t>(1, total_steps - schedule.warmup_steps));
+  const double progress = std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / decay_steps);
+  if (schedule.type == "cosine") return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  if (schedule.type == "linear") return peak - (peak - floor) * progress;
+  // wsd: warm-up, stable, then a linear decay over the last decay_fraction of all steps.
+  const double decay_start = static_cast<double>(total_steps) * (1.0 - schedule.decay_fraction);
+  if (static_cast<double>(step) < decay_start) return peak;
+  const double span = std::max(1.0, static_cast<double>(total_steps) - decay_start);
+  return peak - (peak - floor) * std::min(1.0, (static_cast<double>(step) - decay_start + 1.0) / span);
+}
+
+bool applies_weight_decay(ParamKind kind, const WeightDecayRules& rules) {
+  switch (kind) {
+    case ParamKind::matrix: return true;
+    case ParamKind::embedding: return rules.embeddings;
+    case ParamKind::norm_scale: return rules.norm_scales;
+    case ParamKind::bias: return rules.biases;
+  }
+  return true;
+}
+
+AdamW::AdamW(std::vector<Parameter>& params, const OptimSpec& spec) : params_(params), spec_(spec) {
+  for (const Parameter& p : params_) {
+    m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+    v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+  }
+}
+
+OptimizerStepStats AdamW::step(double lr, double grad_scale) {
+  NoGradGuard no_grad;
+  OptimizerStepStats stats;
+  double sum_squares = 0.0;
+  for (const Parameter& p : params_)
+    if (p.value.grad().defined()) sum_squares += backend_for(p.value.device()).sum_squares(p.value.grad());
+  stats.grad_norm = std::sqrt(sum_squares) * grad_scale;
+  if (spec_.grad_clip > 0.0 && stats.grad_norm > spec_.grad_clip) stats.clip_factor = spec_.grad_clip / (stats.grad_norm + 1e-6);
+  ++step_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Parameter& p = params_[i];
+    if (!p.value.grad().defined()) continue;
+    const double wd = applies_weight_decay(p.info.kind, spec_.decay) ? spec_.weight_decay : 0.0;
+    backend_for(p.value.device())
+        .adamw_step(p.value, p.value.grad(), grad_scale * stats.clip_factor, m_[i], v_[i], lr, spec_.beta1,
+                    spec_.beta2, spec_.eps, wd, step_);
+  }
+  return stats;
+}
+
+}  // namespace pt

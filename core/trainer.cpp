@@ -1,0 +1,347 @@
+#include "core/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/checkpoint.h"
+#include "core/model.h"
+#include "core/ops.h"
+#include "core/optim.h"
+#include "data/loader.h"
+#include "data/synthetic.h"
+
+namespace pt {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> stop_signal{0};
+extern "C" void on_stop_signal(int sig) { stop_signal = sig; }
+
+// Installs SIGINT/SIGTERM handlers for the scope of a training run (Slurm sends SIGTERM before
+// killing a job): the loop finishes its step, writes a checkpoint and returns.
+class SignalScope {
+ public:
+  SignalScope() {
+    stop_signal = 0;
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~SignalScope() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
+data::MarkovSpec markov_spec(const ExperimentSpec& spec) {
+  return {spec.model.vocab_size, spec.data.synthetic.support, spec.data.synthetic.concentration, spec.data.synthetic.seed};
+}
+
+std::string human_count(double n) {
+  char buf[32];
+  if (n >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
+  else if (n >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1e3) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+std::string human_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", long(s / 3600), long(s / 60 % 60));
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", long(s / 60), long(s % 60));
+  else std::snprintf(buf, sizeof buf, "%lds", long(s));
+  return buf;
+}
+
+// Tokens of a batch as [B, T] i32 tensors on `device`.
+std::pair<Tensor, Tensor> to_tensors(const data::TokenBatch& batch, Device device) {
+  return {Tensor::from_vector(batch.inputs, {batch.batch, batch.seq}, device),
+          Tensor::from_vector(batch.targets, {batch.batch, batch.seq}, device)};
+}
+
+ckpt::TensorRecord record_of(const std::string& name, const Tensor& t) {
+  Tensor host = t.to(Device::cpu()).contiguous();
+  ckpt::TensorRecord r;
+  r.name = name;
+  r.dtype = dtype_name(host.dtype());
+  r.shape = host.shape();
+  const auto* bytes = static_cast<const uint8_t*>(host.raw_data());
+  r.bytes.assign(bytes, bytes + host.nbytes());
+  return r;
+}
+
+void restore(const ckpt::Checkpoint& ck, const std::string& name, Tensor& target, const fs::path& file) {
+  const ckpt::TensorRecord* r = ck.find(name);
+  if (!r) throw std::runtime_error(file.string() + ": checkpoint has no tensor \"" + name + "\"");
+  if (r->shape != target.shape() || r->dtype != dtype_name(target.dtype()))
+    throw std::runtime_error(file.string() + ": tensor \"" + name + "\" is " + r->dtype + shape_str(r->shape) +
+                             " in the checkpoint but the model expects " + dtype_name(target.dtype()) +
+                             shape_str(target.shape()));
+  Tensor host = Tensor::empty(target.shape(), target.dtype(), Device::cpu());
+  std::memcpy(host.raw_data(), r->bytes.data(), r->bytes.size());
+  target.copy_from(host);
+}
+
+// Keys (JSON paths) whose values differ between two JSON documents.
+void diff_json(const nlohmann::json& a, const nlohmann::json& b, const std::string& path, std::vector<std::string>& out) {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it)
+      diff_json(it.value(), b.contains(it.key()) ? b.at(it.key()) : nlohmann::json(), path.empty() ? it.key() : path + "." + it.key(), out);
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key())) out.push_back(path.empty() ? it.key() : path + "." + it.key());
+    return;
+  }
+  if (a != b) out.push_back(path + " (" + a.dump() + " -> " + b.dump() + ")");
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
+void truncate_metrics(const fs::path& file, int64_t step) {
+  if (!fs::exists(file)) return;
+  std::ifstream in(file);
+  std::vector<std::string> kept;
+  for (std::string line; std::getline(in, line);) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept.push_back(line);
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line from a crash: drop it
+    }
+  }
+  in.close();
+  std::ofstream out(file, std::ios::trunc);
+  for (const std::string& line : kept) out << line << '\n';
+}
+
+class Trainer {
+ public:
+  Trainer(const ExperimentSpec& spec, const TrainOptions& options)
+      : spec_(spec),
+        options_(options),
+        device_(parse_device(spec.training.device)),
+        init_rng_(spec.training.seed),
+        model_(spec.model, init_rng_, DType::f32, device_),
+        optimizer_(model_.parameters(), spec.optim),
+        train_data_(make_batch_source(spec, "train")),
+        val_data_(make_batch_source(spec, "val")),
+        total_steps_(spec.total_steps()),
+        floor_(entropy_floor(spec)) {
+    if (spec.training.precision != "fp32")
+      throw std::runtime_error("training.precision \"" + spec.training.precision +
+                               "\" needs the CUDA backend's mixed-precision path, which this build does not provide yet");
+    if (train_data_->vocab_size() > spec.model.vocab_size)
+      throw std::runtime_error("data produces token ids up to " + std::to_string(train_data_->vocab_size() - 1) +
+                               " but model.vocab_size is " + std::to_string(spec.model.vocab_size));
+    if (val_data_) val_start_state_ = val_data_->state();
+  }
+
+  TrainResult run() {
+    TrainResult result;
+    result.entropy_floor = floor_;
+    result.final_val_loss = std::numeric_limits<double>::quiet_NaN();
+    prepare_run_dir();
+    int64_t step = 0;
+    if (options_.resume) step = resume();
+    result.start_step = step;
+    if (step == 0) log("{} | {} parameters | {} steps of {} tokens | {}", spec_.name,
+                       human_count(double(model_.num_parameters())), total_steps_,
+                       spec_.training.tokens_per_step(spec_.model.seq_len), train_data_->describe());
+    metrics_.open(options_.run_dir / "metrics.jsonl", std::ios::app);
+    SignalScope signals;
+    const auto run_start = std::chrono::steady_clock::now();
+    const int64_t tokens_per_step = spec_.training.tokens_per_step(spec_.model.seq_len);
+    while (step < total_steps_) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const double lr = learning_rate(spec_.optim, spec_.schedule, step, total_steps_);
+      double loss_sum = 0.0;
+      for (int64_t micro = 0; micro < spec_.training.grad_accum; ++micro) {
+        auto [inputs, targets] = to_tensors(train_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
+        Tensor loss = model_.loss(inputs, targets);
+        loss.backward();
+        loss_sum += loss.item();
+      }
+      const OptimizerStepStats stats = optimizer_.step(lr, 1.0 / double(spec_.training.grad_accum));
+      model_.zero_grad();
+      ++step;
+      const double loss = loss_sum / double(spec_.training.grad_accum);
+      if (!std::isfinite(loss))
+        throw std::runtime_error("loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+                                 " (lr " + std::to_string(lr) + "); the last checkpoint is intact");
+      result.train_losses.push_back(loss);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+      metrics_ << nlohmann::json{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", stats.grad_norm},
+                                 {"tokens", step * tokens_per_step}, {"tokens_per_s", double(tokens_per_step) / seconds},
+                                 {"elapsed_s", elapsed}}.dump()
+               << '\n';
+      if (step % spec_.logging.every == 0 || step == total_steps_ || step == 1) {
+        const double eta = elapsed / double(step - result.start_step) * double(total_steps_ - step);
+        log("step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad_norm {:.3f} | {} tok/s | eta {}", step, total_steps_, loss,
+            lr, stats.grad_norm, human_count(double(tokens_per_step) / seconds), human_duration(eta));
+      }
+      const bool eval_now = (spec_.training.eval_every > 0 && step % spec_.training.eval_every == 0) || step == total_steps_;
+      if (eval_now && val_data_) {
+        result.final_val_loss = evaluate();
+        metrics_ << nlohmann::json{{"step", step}, {"val_loss", result.final_val_loss}}.dump() << '\n';
+        if (std::isnan(floor_)) log("step {:>6} | val_loss {:.4f}", step, result.final_val_loss);
+        else log("step {:>6} | val_loss {:.4f} | entropy floor {:.4f} (gap {:.4f})", step, result.final_val_loss, floor_,
+                 result.final_val_loss - floor_);
+      }
+      metrics_.flush();
+      const bool stop_requested = stop_signal != 0 || (options_.stop_at_step > 0 && step >= options_.stop_at_step);
+      const bool periodic = spec_.checkpoint.every > 0 && step % spec_.checkpoint.every == 0;
+      if (periodic || step == total_steps_ || stop_requested) save_checkpoint(step);
+      if (stop_requested) {
+        result.interrupted = stop_signal != 0;
+        if (stop_signal) log("caught signal {}: checkpoint at step {} written; resume with --resume", int(stop_signal), step);
+        break;
+      }
+    }
+    result.final_step = step;
+    return result;
+  }
+
+ private:
+  template <class... Args>
+  void log(fmt::format_string<Args...> format, Args&&... args) {
+    if (!options_.quiet) spdlog::info(format, std::forward<Args>(args)...);
+  }
+
+  void prepare_run_dir() {
+    fs::create_directories(options_.run_dir);
+    const fs::path spec_file = options_.run_dir / "spec.json";
+    if (!options_.resume) {
+      // A fresh run must not silently mix its metrics/checkpoints with an older one's.
+      if (fs::exists(options_.run_dir / "metrics.jsonl") || !ckpt::list_checkpoints(options_.run_dir / "checkpoints").empty())
+        throw std::runtime_error("run directory " + options_.run_dir.string() +
+                                 " already holds a run; pass --resume to continue it or choose another --run-dir");
+    }
+    std::ofstream(spec_file) << to_json(spec_).dump(2) << '\n';
+  }
+
+  double evaluate() {
+    NoGradGuard no_grad;
+    val_data_->load_state(val_start_state_);  // the same validation batches every time
+    double total = 0.0;
+    for (int64_t i = 0; i < spec_.training.eval_batches; ++i) {
+      auto [inputs, targets] = to_tensors(val_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
+      total += model_.loss(inputs, targets).item();
+    }
+    return total / double(spec_.training.eval_batches);
+  }
+
+  void save_checkpoint(int64_t step) {
+    ckpt::Checkpoint ck;
+    ck.meta = {{"format", "pretrain/1"},
+               {"step", step},
+               {"optimizer_step", optimizer_.step_count()},
+               {"spec", to_json(spec_)},
+               {"train_data", train_data_->state()}};
+    auto& params = model_.parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      ck.tensors.push_back(record_of("model/" + params[i].info.name, params[i].value));
+      ck.tensors.push_back(record_of("optim/m/" + params[i].info.name, optimizer_.first_moments()[i]));
+      ck.tensors.push_back(record_of("optim/v/" + params[i].info.name, optimizer_.second_moments()[i]));
+    }
+    const fs::path dir = options_.run_dir / "checkpoints";
+    const fs::path file = ckpt::checkpoint_file(dir, step);
+    ckpt::write_checkpoint(file, ck);
+    ckpt::prune_checkpoints(dir, spec_.checkpoint.keep_last);
+    log("checkpoint {}", file.string());
+  }
+
+  int64_t resume() {
+    const fs::path dir = options_.run_dir / "checkpoints";
+    auto latest = ckpt::load_latest_valid(dir, [](const fs::path& file, const std::string& reason) {
+      (void)file;  // the reason names the file
+      spdlog::warn("skipping checkpoint: {}", reason);
+    });
+    if (!latest) {
+      if (ckpt::list_checkpoints(dir).empty() && !fs::exists(options_.run_dir / "metrics.jsonl")) {
+        log("--resume: no checkpoint in {}, starting from scratch", dir.string());
+        return 0;
+      }
+      throw std::runtime_error("--resume: no valid checkpoint in " + dir.string() +
+                               " (see the warnings above); refusing to overwrite the run");
+    }
+    const auto& [file, ck] = *latest;
+    const nlohmann::json saved_spec = ck.meta.at("spec");
+    std::vector<std::string> model_diff, other_diff;
+    diff_json(saved_spec.at("model"), to_json(spec_).at("model"), "model", model_diff);
+    if (!model_diff.empty()) {
+      std::string list;
+      for (const auto& d : model_diff) list += "\n  " + d;
+      throw std::runtime_error(file.string() + ": the checkpoint's model differs from the spec:" + list);
+    }
+    diff_json(saved_spec, to_json(spec_), "", other_diff);
+    for (const auto& d : other_diff) spdlog::warn("resuming with a changed spec key: {}", d);
+
+    auto& params = model_.parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      restore(ck, "model/" + params[i].info.name, params[i].value, file);
+      restore(ck, "optim/m/" + params[i].info.name, optimizer_.first_moments()[i], file);
+      restore(ck, "optim/v/" + params[i].info.name, optimizer_.second_moments()[i], file);
+    }
+    optimizer_.set_step_count(ck.meta.at("optimizer_step").get<int64_t>());
+    train_data_->load_state(ck.meta.at("train_data"));
+    const int64_t step = ck.meta.at("step").get<int64_t>();
+    truncate_metrics(options_.run_dir / "metrics.jsonl", step);
+    log("resumed from {} at step {}/{}", file.string(), step, total_steps_);
+    return step;
+  }
+
+  ExperimentSpec spec_;
+  TrainOptions options_;
+  Device device_;
+  Rng init_rng_;
+  Transformer model_;
+  AdamW optimizer_;
+  std::unique_ptr<data::BatchSource> train_data_, val_data_;
+  nlohmann::json val_start_state_;
+  int64_t total_steps_;
+  double floor_;
+  std::ofstream metrics_;
+};
+
+}  // namespace
+
+std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec, const std::string& split) {
+  const bool val = split == "val";
+  if (spec.data.source == "synthetic") {
+    // Training and validation read independent streams of the same language.
+    const uint64_t stream = spec.training.seed * 2 + (val ? 1 : 0);
+    return std::make_unique<data::MarkovSource>(markov_spec(spec), 0x5EED0000ull + stream);
+  }
+  const std::string& glob = val ? spec.data.val : spec.data.train;
+  if (glob.empty()) return nullptr;
+  data::ShardLoaderOptions options;
+  options.glob = glob;
+  options.seed = spec.training.seed + (val ? 1 : 0);
+  options.vocab_size = spec.model.vocab_size;
+  return data::open_shard_loader(options);
+}
+
+double entropy_floor(const ExperimentSpec& spec) {
+  if (spec.data.source != "synthetic") return std::numeric_limits<double>::quiet_NaN();
+  return data::MarkovChain(markov_spec(spec)).entropy_rate();
+}
+
+TrainResult train(const ExperimentSpec& spec, const TrainOptions& options) {
+  Trainer trainer(spec, options);
+  return trainer.run();
+}
+
+}  // namespace pt
