@@ -251,7 +251,7 @@ TEST_CASE("total_steps derives steps from a token budget", "[spec]") {
                  "schedule.warmup_steps (30) must be less than the total steps (1)"));
 }
 
-TEST_CASE("--set overrides", "[spec]") {
+TEST_CASE("spec overrides with --set", "[spec]") {
   json j = pt::default_spec_json();
   SECTION("number, boolean, string, JSON string, object") {
     pt::apply_override(j, "model.d_model=128");
