@@ -84,6 +84,19 @@ PT_HOST_DEVICE inline T derivative(UnaryOp op, T x, T y) {
   return T(1);
 }
 
+// y = f(x) and f'(x) together, sharing the expensive part (one exp for silu/sigmoid).
+template <class T>
+PT_HOST_DEVICE inline void value_and_derivative(UnaryOp op, T x, T& y, T& dydx) {
+  if (op == UnaryOp::silu) {
+    const T s = sigmoid(x);
+    y = x * s;
+    dydx = s * (T(1) + x * (T(1) - s));
+    return;
+  }
+  y = forward(op, x);
+  dydx = derivative(op, x, y);
+}
+
 // The activation a gated linear unit applies to its gate branch.
 PT_HOST_DEVICE inline UnaryOp glu_activation(GluKind kind) {
   switch (kind) {

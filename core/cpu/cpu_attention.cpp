@@ -1,8 +1,11 @@
-// CPU causal attention (reference). For each (batch, query head, query position t):
-//   s_j = scale * q_t . k_j  (j <= t),  lse = log sum_j exp(s_j),  out_t = sum_j exp(s_j - lse) v_j
-// Backward recomputes the probabilities from lse (as flash attention does):
-//   dp_j = dout_t . v_j,  D = dout_t . out_t,  ds_j = p_j (dp_j - D)
-//   dq_t += scale * ds_j k_j,  dk_j += scale * ds_j q_t,  dv_j += p_j dout_t
+// CPU causal attention (reference), one (batch, query head) at a time with GEMMs on strided
+// head slices (query head h reads kv head h / (Hq / Hkv)):
+//   S = scale * Q K^T,  P = softmax(S masked to j <= t),  lse_t = log sum_j exp(S_tj),  O = P V
+// Backward recomputes P from lse (as flash attention does):
+//   dP = dO V^T,  delta_t = dO_t . O_t,  dS = P * (dP - delta) * scale
+//   dQ = dS K,  dK += dS^T Q,  dV += P^T dO
+// The masked upper triangle is computed and discarded: at the sequence lengths the CPU path
+// trains, full GEMMs beat triangular loops.
 #include <cmath>
 #include <vector>
 
@@ -16,37 +19,28 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
   const int64_t group = Hq / Hkv;
   dispatch_floating(q.dtype(), "attention", [&](auto tag) {
     using F = decltype(tag);
-    const F* qp = q.data<F>();
-    const F* kp = k.data<F>();
-    const F* vp = v.data<F>();
-    F* op = out.data<F>();
-    F* lp = lse.data<F>();
+    std::vector<F> probs(static_cast<size_t>(T * T));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t hk = h / group;
-        std::vector<F> scores(static_cast<size_t>(T));
+        const F* qh = q.data<F>() + (b * T * Hq + h) * D;
+        const F* kh = k.data<F>() + (b * T * Hkv + hk) * D;
+        const F* vh = v.data<F>() + (b * T * Hkv + hk) * D;
+        F* oh = out.data<F>() + (b * T * Hq + h) * D;
+        F* lh = lse.data<F>() + (b * Hq + h) * T;
+        blas_gemm<F>(false, true, T, T, D, F(scale), qh, Hq * D, kh, Hkv * D, F(0), probs.data(), T);
         for (int64_t t = 0; t < T; ++t) {
-          const F* qr = qp + ((b * T + t) * Hq + h) * D;
-          F mx = -INFINITY;
-          for (int64_t j = 0; j <= t; ++j) {
-            const F* kr = kp + ((b * T + j) * Hkv + hk) * D;
-            F s = 0;
-            for (int64_t d = 0; d < D; ++d) s += qr[d] * kr[d];
-            s *= F(scale);
-            scores[size_t(j)] = s;
-            mx = std::max(mx, s);
-          }
+          F* row = probs.data() + t * T;
+          F mx = row[0];
+          for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
           F sum = 0;
-          for (int64_t j = 0; j <= t; ++j) sum += (scores[size_t(j)] = std::exp(scores[size_t(j)] - mx));
-          F* orow = op + ((b * T + t) * Hq + h) * D;
-          std::fill(orow, orow + D, F(0));
-          for (int64_t j = 0; j <= t; ++j) {
-            const F p = scores[size_t(j)] / sum;
-            const F* vr = vp + ((b * T + j) * Hkv + hk) * D;
-            for (int64_t d = 0; d < D; ++d) orow[d] += p * vr[d];
-          }
-          lp[(b * Hq + h) * T + t] = mx + std::log(sum);
+          for (int64_t j = 0; j <= t; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          const F inv = F(1) / sum;
+          for (int64_t j = 0; j <= t; ++j) row[j] *= inv;
+          for (int64_t j = t + 1; j < T; ++j) row[j] = F(0);
+          lh[t] = mx + std::log(sum);
         }
+        blas_gemm<F>(false, false, T, D, T, F(1), probs.data(), T, vh, Hkv * D, F(0), oh, Hq * D);
       }
   });
 }
@@ -58,48 +52,36 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
   const int64_t group = Hq / Hkv;
   dispatch_floating(q.dtype(), "attention_backward", [&](auto tag) {
     using F = decltype(tag);
-    const F* qp = q.data<F>();
-    const F* kp = k.data<F>();
-    const F* vp = v.data<F>();
-    const F* op = out.data<F>();
-    const F* lp = lse.data<F>();
-    const F* gp = dout.data<F>();
-    F* dqp = dq.data<F>();
-    F* dkp = dk.data<F>();
-    F* dvp = dv.data<F>();
-    std::fill(dqp, dqp + dq.numel(), F(0));
-    std::fill(dkp, dkp + dk.numel(), F(0));
-    std::fill(dvp, dvp + dv.numel(), F(0));
+    std::fill(dk.data<F>(), dk.data<F>() + dk.numel(), F(0));
+    std::fill(dv.data<F>(), dv.data<F>() + dv.numel(), F(0));
+    std::vector<F> probs(static_cast<size_t>(T * T)), dprobs(static_cast<size_t>(T * T));
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t hk = 0; hk < Hkv; ++hk)
-        for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
-          for (int64_t t = 0; t < T; ++t) {
-            const F* qr = qp + ((b * T + t) * Hq + h) * D;
-            const F* orow = op + ((b * T + t) * Hq + h) * D;
-            const F* gr = gp + ((b * T + t) * Hq + h) * D;
-            F* dqr = dqp + ((b * T + t) * Hq + h) * D;
-            const F l = lp[(b * Hq + h) * T + t];
-            F delta = 0;
-            for (int64_t d = 0; d < D; ++d) delta += gr[d] * orow[d];
-            for (int64_t j = 0; j <= t; ++j) {
-              const F* kr = kp + ((b * T + j) * Hkv + hk) * D;
-              const F* vr = vp + ((b * T + j) * Hkv + hk) * D;
-              F s = 0, dp = 0;
-              for (int64_t d = 0; d < D; ++d) {
-                s += qr[d] * kr[d];
-                dp += gr[d] * vr[d];
-              }
-              const F p = std::exp(s * F(scale) - l);
-              const F ds = p * (dp - delta) * F(scale);
-              F* dkr = dkp + ((b * T + j) * Hkv + hk) * D;
-              F* dvr = dvp + ((b * T + j) * Hkv + hk) * D;
-              for (int64_t d = 0; d < D; ++d) {
-                dqr[d] += ds * kr[d];
-                dkr[d] += ds * qr[d];
-                dvr[d] += p * gr[d];
-              }
-            }
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t hk = h / group;
+        const int64_t q_off = (b * T * Hq + h) * D, kv_off = (b * T * Hkv + hk) * D;
+        const F* qh = q.data<F>() + q_off;
+        const F* kh = k.data<F>() + kv_off;
+        const F* vh = v.data<F>() + kv_off;
+        const F* oh = out.data<F>() + q_off;
+        const F* gh = dout.data<F>() + q_off;
+        const F* lh = lse.data<F>() + (b * Hq + h) * T;
+        blas_gemm<F>(false, true, T, T, D, F(scale), qh, Hq * D, kh, Hkv * D, F(0), probs.data(), T);
+        blas_gemm<F>(false, true, T, T, D, F(1), gh, Hq * D, vh, Hkv * D, F(0), dprobs.data(), T);
+        for (int64_t t = 0; t < T; ++t) {
+          F* p = probs.data() + t * T;
+          F* dp = dprobs.data() + t * T;
+          F delta = 0;
+          for (int64_t d = 0; d < D; ++d) delta += gh[t * Hq * D + d] * oh[t * Hq * D + d];
+          for (int64_t j = 0; j <= t; ++j) {
+            p[j] = std::exp(p[j] - lh[t]);
+            dp[j] = p[j] * (dp[j] - delta) * F(scale);
           }
+          for (int64_t j = t + 1; j < T; ++j) p[j] = dp[j] = F(0);
+        }
+        blas_gemm<F>(false, false, T, D, T, F(1), dprobs.data(), T, kh, Hkv * D, F(0), dq.data<F>() + q_off, Hq * D);
+        blas_gemm<F>(true, false, T, D, T, F(1), dprobs.data(), T, qh, Hq * D, F(1), dk.data<F>() + kv_off, Hkv * D);
+        blas_gemm<F>(true, false, T, D, T, F(1), probs.data(), T, gh, Hq * D, F(1), dv.data<F>() + kv_off, Hkv * D);
+      }
   });
 }
 

@@ -73,6 +73,12 @@ void dispatch_floating(DType dtype, const char* op, F&& f) {
   }
 }
 
+// Row-major C = alpha * op(A) @ op(B) + beta * C through OpenBLAS (float or double), with leading
+// dimensions, so callers can address strided sub-matrices (e.g. one head of a [T, H, D] tensor).
+template <class T>
+void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
 // Reads id i of an i32/i64 id tensor.
 inline int64_t read_id(const Tensor& ids, int64_t i) {
   return ids.dtype() == DType::i32 ? ids.data<int32_t>()[i] : ids.data<int64_t>()[i];

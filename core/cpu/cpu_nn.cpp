@@ -10,28 +10,31 @@
 
 namespace pt::cpu {
 
+template <class T>
+void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  } else {
+    cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  }
+}
+template void blas_gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                               int64_t, float, float*, int64_t);
+template void blas_gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                                int64_t, double, double*, int64_t);
+
 void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                       const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a,
                       int64_t stride_b, int64_t stride_c) {
-  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
-  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  const int lda = static_cast<int>(trans_a ? m : k);
-  const int ldb = static_cast<int>(trans_b ? k : n);
-  const int ldc = static_cast<int>(n);
   if (m == 0 || n == 0) return;
   dispatch_floating(c.dtype(), "gemm", [&](auto t) {
     using T = decltype(t);
-    for (int64_t i = 0; i < batch; ++i) {
-      const T* ap = a.data<T>() + i * stride_a;
-      const T* bp = b.data<T>() + i * stride_b;
-      T* cp = c.data<T>() + i * stride_c;
-      if constexpr (std::is_same_v<T, float>) {
-        cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), float(alpha), ap, lda, bp, ldb, float(beta), cp,
-                    ldc);
-      } else {
-        cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, ap, lda, bp, ldb, beta, cp, ldc);
-      }
-    }
+    for (int64_t i = 0; i < batch; ++i)
+      blas_gemm<T>(trans_a, trans_b, m, n, k, T(alpha), a.data<T>() + i * stride_a, trans_a ? m : k,
+                   b.data<T>() + i * stride_b, trans_b ? k : n, T(beta), c.data<T>() + i * stride_c, n);
   });
 }
 
@@ -265,9 +268,10 @@ void CpuBackend::glu_backward(GluKind kind, const Tensor& gate, const Tensor& up
     T* dg = dgate.data<T>();
     T* du = dup.data<T>();
     for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
-      const T a = act::forward(op, g[i]);
+      T a, da;
+      act::value_and_derivative(op, g[i], a, da);
       du[i] = d[i] * a;
-      dg[i] = d[i] * u[i] * act::derivative(op, g[i], a);
+      dg[i] = d[i] * u[i] * da;
     }
   });
 }
