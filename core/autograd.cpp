@@ -26,6 +26,8 @@ void accumulate(Tensor& grad, const Tensor& incoming) {
 bool grad_enabled() { return grad_mode; }
 NoGradGuard::NoGradGuard() : previous_(grad_mode) { grad_mode = false; }
 NoGradGuard::~NoGradGuard() { grad_mode = previous_; }
+GradModeGuard::GradModeGuard(bool enabled) : previous_(grad_mode) { grad_mode = enabled; }
+GradModeGuard::~GradModeGuard() { grad_mode = previous_; }
 
 bool any_requires_grad(std::initializer_list<const Tensor*> tensors) {
   if (!grad_mode) return false;
@@ -41,8 +43,9 @@ bool any_requires_grad(const std::vector<Tensor>& tensors) {
   return false;
 }
 
-void record(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs) {
-  if (!any_requires_grad(inputs)) return;
+void record(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+            bool always) {
+  if (!grad_mode || (!always && !any_requires_grad(inputs))) return;
   node->inputs.clear();
   for (const Tensor& in : inputs) {
     Edge e;

@@ -50,14 +50,27 @@ class NoGradGuard {
   bool previous_;
 };
 
+// Sets gradient recording on or off in a scope (e.g. on inside a recompute segment's backward).
+class GradModeGuard {
+ public:
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // True when grad is enabled and any of the tensors requires grad.
 bool any_requires_grad(std::initializer_list<const Tensor*> tensors);
 bool any_requires_grad(const std::vector<Tensor>& tensors);
 
-// Wire `node` into the graph: edges to `inputs` and grad_fn on `outputs`. No-op when no input
-// requires grad or grad recording is off.
+// Wire `node` into the graph: edges to `inputs` and grad_fn on `outputs`. No-op when grad
+// recording is off, or when no input requires grad unless `always` (a node whose backward reaches
+// parameters captured inside it, such as a recompute segment).
 void record(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
-            const std::vector<Tensor>& outputs);
+            const std::vector<Tensor>& outputs, bool always = false);
 
 // Run backward from `roots` with seeds `grad_roots` (same order; undefined = ones for scalars).
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots);
