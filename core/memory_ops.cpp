@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/autograd.h"
+#include "core/ops.h"
 
 namespace pt::ops {
 namespace {
@@ -46,6 +47,29 @@ Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs) {
   // Parameters captured inside fn need this Node even when no input requires grad.
   record(std::make_shared<RecomputeNode>(fn, std::move(saved)), inputs, {output}, /*always=*/true);
   return output;
+}
+
+Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows) {
+  if (h.ndim() != 2 || head.ndim() != 2 || h.size(1) != head.size(1) || targets.shape() != Shape{h.size(0)})
+    throw std::invalid_argument("chunked_lm_loss: h " + shape_str(h.shape()) + ", head " + shape_str(head.shape()) +
+                                ", targets " + shape_str(targets.shape()) +
+                                " (expected h [N, d], head [V, d], targets [N])");
+  const int64_t rows = h.size(0);
+  int64_t num_valid = 0;
+  for (int64_t t : targets.to_vector<int64_t>()) num_valid += t != -1;
+  if (chunk_rows <= 0 || chunk_rows >= rows) return cross_entropy(linear(h, head), targets, num_valid);
+  Tensor total;
+  for (int64_t start = 0; start < rows; start += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, rows - start);
+    Tensor h_chunk = narrow(h, 0, start, n);
+    Tensor t_chunk = targets.narrow_view(0, start, n).contiguous();
+    // Each chunk contributes sum(loss) / num_valid, so the chunks add up to the overall mean.
+    Tensor part = recompute(
+        [t_chunk, num_valid](const std::vector<Tensor>& in) { return cross_entropy(linear(in[0], in[1]), t_chunk, num_valid); },
+        {h_chunk, head});
+    total = total.defined() ? add(total, part) : part;
+  }
+  return total;
 }
 
 Tensor cast(const Tensor& x, DType dtype) {

@@ -18,6 +18,12 @@ using SegmentFn = std::function<Tensor(const std::vector<Tensor>&)>;
 // (the CPU kernels are; the same inputs give the same activations).
 Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs);
 
+// Mean cross-entropy of the LM head `head` [V, d] applied to hidden states h [N, d] against
+// targets [N] (-1 = ignored), computed `chunk_rows` rows at a time as recompute segments: the
+// logits of one chunk exist at a time, in forward and in backward. chunk_rows <= 0 or >= N is the
+// plain unchunked loss.
+Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows);
+
 // x converted to `dtype` (floating); the gradient is converted back to x's dtype. Used for
 // mixed precision: bf16 working copies of f32 master weights.
 Tensor cast(const Tensor& x, DType dtype);

@@ -269,6 +269,19 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes) {
   return outs;
 }
 
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  check_defined("narrow", x, "x");
+  Tensor out = x.narrow_view(dim, start, length).contiguous();
+  if (out.same_impl(x)) out = x.clone();
+  const Tensor xd = x.detach();
+  record_op("narrow", {x}, {out}, [xd, dim, start, length](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::zeros(xd.shape(), xd.dtype(), xd.device());
+    be(dx).copy(g[0], dx.narrow_view(dim, start, length));
+    return {dx};
+  });
+  return out;
+}
+
 Tensor concat(const std::vector<Tensor>& xs) {
   if (xs.empty()) fail("concat", "no tensors");
   Shape shape = xs[0].shape();

@@ -34,6 +34,7 @@ Tensor mean(const Tensor& x);                         // all elements -> scalar
 Tensor sum_to(const Tensor& x, const Shape& shape);   // reduce broadcast dims so the result has `shape`
 Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes);  // along the last dim
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);    // a contiguous copy of a slice
 Tensor concat(const std::vector<Tensor>& xs);                                 // along the last dim
 
 // ---- layers

@@ -68,3 +68,17 @@ TEST_CASE("cast: values round through f32 and gradients come back in the source 
   CHECK(b.to_vector<float>() == std::vector<float>{1.0f, 2.5f, -3.25f});  // exactly representable
   CHECK_THROWS_AS(ops::cast(Tensor::from_vector<int32_t>({1}, {1}), DType::f32), std::invalid_argument);
 }
+
+TEST_CASE("chunked LM loss equals the plain loss, with gradients", "[ops][recompute]") {
+  Tensor h = random_f64({10, 4}, 8), head = random_f64({7, 4}, 9);
+  Tensor targets = Tensor::from_vector<int32_t>({0, 6, 3, -1, 2, 2, 5, 1, 0, 4}, {10});
+  const double plain = ops::cross_entropy(ops::linear(h, head), targets).item();
+  for (int64_t chunk : {0, 3, 4, 10}) {
+    INFO("chunk rows " << chunk);
+    CHECK(ops::chunked_lm_loss(h, head, targets, chunk).item() == Approx(plain).epsilon(1e-12));
+  }
+  auto result = gradcheck([targets](auto& in) { return ops::chunked_lm_loss(in[0], in[1], targets, 3); },
+                          {h.clone(), head.clone()});
+  INFO(result.worst);
+  CHECK(result.ok);
+}

@@ -50,6 +50,8 @@ TEST_CASE("gradcheck: reductions and shape ops", "[ops][gradcheck]") {
   CHECK_GRAD(gradcheck([](auto& in) { return ops::mean(in[0]); }, {x.clone()}));
   CHECK_GRAD(gradcheck([](auto& in) { return ops::sum_to(in[0], {3, 1}); }, {x.clone()}));
   CHECK_GRAD(gradcheck([](auto& in) { return ops::reshape(in[0], {4, -1}); }, {x.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::narrow(in[0], 1, 1, 2); }, {x.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::narrow(in[0], 0, 1, 1); }, {x.clone()}));
   CHECK_GRAD(gradcheck(
       [](auto& in) {
         auto parts = ops::split(in[0], {1, 2, 1});
