@@ -274,7 +274,8 @@ std::vector<int32_t> BpeTokenizer::encode_ordinary(std::string_view text) const 
 void BpeTokenizer::encode_segment(std::string_view text, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   if (options_.add_prefix_space && text.front() != ' ') {
-    std::string prefixed = " " + std::string(text);
+    std::string prefixed(1, ' ');
+    prefixed += text;
     for (std::string_view piece : pretokenize(prefixed)) encode_piece(piece, out);
   } else {
     for (std::string_view piece : pretokenize(text)) encode_piece(piece, out);

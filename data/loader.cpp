@@ -314,7 +314,8 @@ class ShardLoader final : public BatchSource {
   }
 
   std::string describe() const override {
-    return "shards '" + opt_.glob + "': " + std::to_string(ds_->shards.size()) + " files, " + std::to_string(ds_->tokens) +
+    const size_t n = ds_->shards.size();
+    return "shards '" + opt_.glob + "': " + std::to_string(n) + (n == 1 ? " file, " : " files, ") + std::to_string(ds_->tokens) +
            " tokens (fingerprint " + ds_->fingerprint + "), rank " + std::to_string(opt_.rank) + " of " +
            std::to_string(opt_.world_size) + ", seed " + std::to_string(seed_);
   }

@@ -147,11 +147,10 @@ ShardWriter::~ShardWriter() {
 }
 
 void ShardWriter::append(std::span<const int32_t> tokens) {
-  const int64_t limit = version_ == 1 ? 65536 : (int64_t{1} << 32);
   std::vector<unsigned char> buf(tokens.size() * (version_ == 1 ? 2 : 4));
   for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t id = tokens[i];
-    if (id < 0 || id >= limit) {
+    const int32_t id = tokens[i];
+    if (id < 0 || (version_ == 1 && id > 65535)) {
       fail(path_, "token " + std::to_string(id) + " does not fit a version " + std::to_string(version_) + " shard");
     }
     if (version_ == 1) {
