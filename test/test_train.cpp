@@ -9,6 +9,7 @@
 #include "core/optim.h"
 #include "core/spec.h"
 #include "core/trainer.h"
+#include "data/shard.h"
 #include "data/synthetic.h"
 #include "test/catch.h"
 
@@ -264,4 +265,36 @@ TEST_CASE("a fresh run refuses to reuse a run directory", "[e2e]") {
   options.stop_at_step = 0;
   CHECK_THROWS_WITH(train(spec_with({"training.steps=5", "schedule.warmup_steps=2"}), options), Catch::Contains("--resume"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("resume is bit-exact on token shards too (loader position in the checkpoint)", "[e2e][resume][data]") {
+  const fs::path root = fresh_dir("shards_resume");
+  fs::create_directories(root / "shards");
+  // Three training shards and one validation shard sampled from the Markov language.
+  data::MarkovSource source({64, 4, 1.0, 5}, 11);
+  for (int i = 0; i < 4; ++i) {
+    const auto batch = source.next(1, 3000 + 500 * i);
+    const std::string name = i < 3 ? "train_" + std::to_string(i) : "val_0";
+    data::write_shard((root / "shards" / (name + ".bin")).string(), batch.inputs, 1, 64);
+  }
+  const std::string glob = (root / "shards").string();
+  const ExperimentSpec spec = spec_with({"data.source=\"shards\"", "data.train=\"" + glob + "/train_*.bin\"",
+                                         "data.val=\"" + glob + "/val_*.bin\"", "training.steps=24",
+                                         "schedule.warmup_steps=2", "training.eval_every=8", "checkpoint.every=8"});
+  TrainOptions a;
+  a.run_dir = root / "straight";
+  a.quiet = true;
+  const TrainResult straight = train(spec, a);
+  CHECK(std::isnan(straight.entropy_floor));
+  CHECK(straight.final_val_loss < straight.train_losses.front());
+
+  TrainOptions b = a;
+  b.run_dir = root / "resumed";
+  b.stop_at_step = 11;
+  train(spec, b);
+  b.stop_at_step = 0;
+  b.resume = true;
+  train(spec, b);
+  CHECK(train_losses(root / "resumed") == train_losses(root / "straight"));
+  fs::remove_all(root);
 }
