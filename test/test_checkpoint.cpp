@@ -12,29 +12,15 @@
 #include <random>
 
 #include "test/catch.h"
+#include "test/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace pt::ckpt;
 using nlohmann::json;
 
-namespace {
+using pt::test::TempDir;
 
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device entropy;
-    path = fs::temp_directory_path() /
-           ("pt_ckpt_test_" + std::to_string(::getpid()) + "_" + std::to_string(entropy()) + std::to_string(entropy()));
-    fs::create_directories(path);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+namespace {
 
 std::vector<uint8_t> pattern_bytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

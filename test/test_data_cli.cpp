@@ -11,21 +11,14 @@
 #include "data/loader.h"
 #include "data/shard.h"
 #include "test/catch.h"
+#include "test/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace pt::data;
 
-namespace {
+using pt::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("pt_data_cli_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+namespace {
 
 // Runs the binary with `args`; its output goes to log.txt in the temp dir.
 int run(const TempDir& dir, const std::string& args) {

@@ -6,21 +6,14 @@
 
 #include "data/shard.h"
 #include "test/catch.h"
+#include "test/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace pt::data;
 
-namespace {
+using pt::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("pt_data_shard_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+namespace {
 
 // Writes a raw file: a header of the given ints (rest zero), then `token_bytes` bytes of tokens.
 void write_raw(const std::string& path, std::vector<int32_t> header, size_t token_bytes) {

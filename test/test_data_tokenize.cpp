@@ -8,25 +8,14 @@
 #include "data/shard.h"
 #include "data/tokenize_pipeline.h"
 #include "test/catch.h"
+#include "test/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace pt::data;
 
-namespace {
+using pt::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("pt_data_tokenize_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(file(name), std::ios::binary) << text;
-    return file(name);
-  }
-};
+namespace {
 
 // All tokens of the shards, in order.
 std::vector<int32_t> concat(const std::vector<std::string>& shards) {
