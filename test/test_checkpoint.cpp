@@ -82,8 +82,9 @@ void write_raw_checkpoint(const fs::path& file, const json& header, const std::v
   const std::string text = header.dump();
   std::vector<uint8_t> bytes = {'P', 'T', 'C', 'K', 'P', 'T', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0};
   store_le64(bytes, 8, text.size());
-  bytes.insert(bytes.end(), text.begin(), text.end());
-  bytes.resize(align64(bytes.size()), 0);
+  const size_t header_at = bytes.size();
+  bytes.resize(align64(header_at + text.size()), 0);
+  std::copy(text.data(), text.data() + text.size(), bytes.data() + header_at);
   bytes.insert(bytes.end(), data.begin(), data.end());
   const uint64_t checksum = XXH3_64bits(bytes.data(), bytes.size());
   bytes.resize(bytes.size() + 8);
