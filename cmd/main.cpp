@@ -5,8 +5,14 @@
 #include <exception>
 
 #include "cmd/commands.h"
+#ifdef PRETRAIN_WITH_CUDA
+#include "cuda/register.h"
+#endif
 
 int main(int argc, char** argv) {
+#ifdef PRETRAIN_WITH_CUDA
+  pt::cuda::register_cuda_backend();  // no-op (returns false) without a GPU
+#endif
   CLI::App app{"pretrain: pretrain dense and Mixture-of-Experts transformers from a JSON experiment spec"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "pretrain 0.1.0");

@@ -52,8 +52,8 @@ void register_allocator(DeviceType type, Allocator* allocator) {
 Allocator& allocator_for(Device device) {
   if (device.is_cpu()) return cpu_allocator;
   if (!cuda_allocator)
-    throw std::runtime_error("no allocator for device " + device.str() +
-                             ": this build has no CUDA backend or no GPU was found");
+    throw std::runtime_error("device " + device.str() +
+                             " is not available: this build has no CUDA backend or no GPU was found");
   return *cuda_allocator;
 }
 

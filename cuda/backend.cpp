@@ -1,0 +1,79 @@
+// CudaBackend: construction (stream, cuBLAS/cuBLASLt handles, GEMM workspace, error word),
+// host <-> device transfers and synchronisation. The kernels are in the other cuda/ files.
+#include "cuda/backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/check.h"
+
+namespace pt::cuda {
+
+namespace {
+constexpr size_t kWorkspaceBytes = size_t{64} << 20;  // cuBLASLt workspace (Hopper kernels like >= 32 MiB)
+constexpr int kReduceBlocks = 1024;                   // sum_squares partials (see reduce.cu)
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+}  // namespace
+
+CudaBackend::CudaBackend() {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas_));
+  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
+  allow_tf32_ = env_flag("PRETRAIN_ALLOW_TF32");
+  const char* gemm = std::getenv("PRETRAIN_GEMM");
+  force_cublas_ = gemm && std::strcmp(gemm, "cublas") == 0;
+  // Full fp32 GEMMs unless TF32 is asked for (parity with the CPU reference).
+  CUBLAS_CHECK(cublasSetMathMode(cublas_, allow_tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  workspace_bytes_ = kWorkspaceBytes;
+  CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, workspace_bytes_));
+  CUDA_CHECK(cudaMalloc(&device_error_, sizeof(DeviceError)));
+  CUDA_CHECK(cudaMemset(device_error_, 0, sizeof(DeviceError)));
+  CUDA_CHECK(cudaMalloc(&reduce_scratch_, sizeof(double) * (kReduceBlocks + 1)));
+  CUDA_CHECK(cudaMallocHost(&reduce_host_, sizeof(double)));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void CudaBackend::sync_and_check() {
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  DeviceError err{};
+  CUDA_CHECK(cudaMemcpy(&err, device_error_, sizeof err, cudaMemcpyDeviceToHost));
+  if (err.code == kNoError) return;
+  CUDA_CHECK(cudaMemset(device_error_, 0, sizeof(DeviceError)));
+  switch (err.code) {
+    case kBadEmbeddingId:
+      throw std::out_of_range("embedding: token id " + std::to_string(err.value) + " at position " +
+                              std::to_string(err.position) + " is outside the vocabulary [0, " +
+                              std::to_string(err.limit) + ") (found on the GPU, reported at the next sync)");
+    case kBadTarget:
+      throw std::out_of_range("cross_entropy: target " + std::to_string(err.value) + " at row " +
+                              std::to_string(err.position) + " is outside [0, " + std::to_string(err.limit) +
+                              ") (found on the GPU, reported at the next sync)");
+    default: throw std::runtime_error("CUDA backend: unknown device error code " + std::to_string(err.code));
+  }
+}
+
+void CudaBackend::synchronize() { sync_and_check(); }
+
+void CudaBackend::copy_from_host(const void* src, const Tensor& dst) {
+  if (!dst.is_contiguous()) throw std::invalid_argument("copy_from_host into a non-contiguous tensor");
+  if (!dst.nbytes()) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+  // The host buffer may be freed as soon as we return (pageable or not): wait for the copy.
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_to_host(const Tensor& src, void* dst) {
+  if (!src.is_contiguous()) throw std::invalid_argument("copy_to_host from a non-contiguous tensor");
+  if (src.nbytes()) CUDA_CHECK(cudaMemcpyAsync(dst, src.raw_data(), src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  sync_and_check();
+}
+
+}  // namespace pt::cuda

@@ -1,0 +1,116 @@
+// The CUDA backend: every Backend kernel for f32, bf16 (fp32 accumulation) and f64.
+//
+// One stream, one cuBLAS(Lt) handle, one GEMM workspace, all created at registration. Kernels
+// live one family per file (elementwise.cu, reduce.cu, gemm.cpp, embedding.cu, norms.cu, rope.cu,
+// softmax.cu, attention.cu, loss.cu, optimizer.cu); this header is internal to cuda/.
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "core/backend.h"
+
+namespace pt::cuda {
+
+// Errors that kernels find in the data (a token id outside the vocabulary, ...). The first one is
+// recorded in device memory and reported (thrown) at the next synchronising call: copy_to_host,
+// sum_squares or synchronize. Kernels never read out of bounds because of one.
+struct DeviceError {
+  int code;  // 0 none, 1 embedding id, 2 cross-entropy target
+  int pad;
+  long long value;
+  long long position;
+  long long limit;
+};
+enum DeviceErrorCode : int { kNoError = 0, kBadEmbeddingId = 1, kBadTarget = 2 };
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();  // creates the stream, handles and workspace on the current device
+  std::string name() const override { return "cuda"; }
+  void synchronize() override;
+
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, double value) override;
+  void copy_from_host(const void* src, const Tensor& dst) override;
+  void copy_to_host(const Tensor& src, void* dst) override;
+
+  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
+            const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
+            int64_t stride_c) override;
+
+  void unary(UnaryOp op, const Tensor& x, const Tensor& y) override;
+  void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y) override;
+  void affine(const Tensor& x, double scale, double shift, const Tensor& out) override;
+  void sum_to(const Tensor& x, const Tensor& out) override;
+  double sum_squares(const Tensor& x) override;
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable) override;
+  void rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
+                        const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                         const Tensor& dx, const Tensor& dweight) override;
+  void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                          const Tensor& mean, const Tensor& rstd) override;
+  void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                           const Tensor& dy, const Tensor& dx, const Tensor& dweight, const Tensor& dbias) override;
+  void rope(const Tensor& x, double theta, bool inverse, const Tensor& y) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& out,
+                         const Tensor& lse) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dout, double scale, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv) override;
+  void softmax_forward(const Tensor& x, const Tensor& y) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void glu_forward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout, const Tensor& dgate,
+                    const Tensor& dup) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                             const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss,
+                              double scale, const Tensor& dlogits) override;
+  void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m, const Tensor& v,
+                  double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override;
+
+  cudaStream_t stream() const { return stream_; }
+  DeviceError* device_error() const { return device_error_; }
+
+ private:
+  // Waits for the stream, then throws the first DeviceError recorded by a kernel (and clears it).
+  void sync_and_check();
+  // cuBLASLt matmul (returns false when no algorithm fits, and the caller falls back to cuBLAS).
+  bool gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
+               const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
+               int64_t stride_c);
+  // cos/sin tables [seq, dim/2] for rope, built on the device in double and cached.
+  const Tensor& rope_table(int64_t seq, int64_t dim, double theta, DType dtype);
+
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublaslt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  bool allow_tf32_ = false;       // PRETRAIN_ALLOW_TF32=1
+  bool force_cublas_ = false;     // PRETRAIN_GEMM=cublas: skip cuBLASLt
+  DeviceError* device_error_ = nullptr;
+  double* reduce_scratch_ = nullptr;  // block partials of sum_squares
+  double* reduce_host_ = nullptr;     // pinned result of sum_squares
+  std::map<std::tuple<int64_t, int64_t, double, DType>, Tensor> rope_tables_;
+  std::mutex mutex_;  // guards the caches (kernels themselves are stream-ordered)
+  // cuBLASLt algorithm cache keyed by the problem (see gemm.cpp)
+  struct LtPlan;
+  std::unordered_map<std::string, LtPlan*> lt_plans_;
+};
+
+}  // namespace pt::cuda

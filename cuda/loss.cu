@@ -1,0 +1,131 @@
+// Fused cross-entropy over logits [N, V] (f32, bf16 or f64), targets [N] (i32/i64, -1 = ignore).
+//
+// forward: one block per row. Each thread keeps an online (max, sum-of-exp) pair over its strided
+//   share of the row, read straight from the logits (128-bit packs when rows are 16-byte aligned;
+//   bf16 values are widened in registers, never copied to an fp32 buffer); the block merges the
+//   pairs: lse = max + log(sum). loss = lse - logit[target] (0 for ignored rows). losses and lse are
+//   f32 for bf16 logits (as ops.cpp allocates them) or the logits' dtype.
+//   A target outside [0, V) is recorded in the device error word (reported at the next sync).
+// backward: one block per row, dlogits = g * (exp(logit - lse) - onehot(target)), g = dloss[0] * scale
+//   computed in fp64 then rounded (as the CPU does); ignored rows are zeroed.
+#include "cuda/common.cuh"
+
+namespace pt::cuda {
+namespace {
+
+template <class A>
+__device__ __forceinline__ void online_add(A& m, A& s, A x) {
+  if (x > m) {
+    s = s * exp(m - x) + A(1);  // exp(-inf) = 0 on the first element
+    m = x;
+  } else {
+    s += exp(x - m);
+  }
+}
+
+template <class T, class S>
+__global__ void cross_entropy_forward_kernel(int64_t rows, int64_t vocab, const T* logits, const void* targets,
+                                             bool targets64, bool vec, S* losses, S* lse, DeviceError* err) {
+  using A = acc_t<T>;
+  PT_ROW_LOOP(r, rows) {
+    const T* row = logits + r * vocab;
+    A m = -INFINITY, s = 0;
+    if (vec) {
+      constexpr int P = Pack<T>::size;
+      const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(row);
+      for (int64_t j = threadIdx.x; j < vocab / P; j += blockDim.x) {
+        const Pack<T> p = packs[j];
+#pragma unroll
+        for (int k = 0; k < P; ++k) online_add(m, s, cvt<A>(p.v[k]));
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) online_add(m, s, cvt<A>(row[j]));
+    }
+    const A mx = block_max(m);
+    const A sum = block_sum(m == A(-INFINITY) ? A(0) : s * exp(m - mx));
+    if (threadIdx.x == 0) {
+      const A l = mx + log(sum);
+      lse[r] = cvt<S>(l);
+      const int64_t target = read_id(targets, targets64, r);
+      A loss = 0;
+      if (target != -1) {
+        if (target < 0 || target >= vocab) report_error(err, kBadTarget, target, r, vocab);
+        else loss = l - cvt<A>(row[target]);
+      }
+      losses[r] = cvt<S>(loss);
+    }
+  }
+}
+
+template <class T, class S>
+__global__ void cross_entropy_backward_kernel(int64_t rows, int64_t vocab, const T* logits, const void* targets,
+                                              bool targets64, const S* lse, const S* dloss, double scale, T* dlogits) {
+  using A = acc_t<T>;
+  const A g = static_cast<A>(cvt<double>(dloss[0]) * scale);
+  PT_ROW_LOOP(r, rows) {
+    const int64_t target = read_id(targets, targets64, r);
+    T* drow = dlogits + r * vocab;
+    if (target < 0 || target >= vocab) {  // -1 (ignored); invalid targets were reported by the forward
+      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) drow[j] = cvt<T>(A(0));
+      continue;
+    }
+    const T* row = logits + r * vocab;
+    const A l = cvt<A>(lse[r]);
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      A d = g * exp(cvt<A>(row[j]) - l);
+      if (j == target) d -= g;
+      drow[j] = cvt<T>(d);
+    }
+  }
+}
+
+void check_targets(const char* op, const Tensor& targets, int64_t rows) {
+  if (targets.dtype() != DType::i32 && targets.dtype() != DType::i64)
+    throw std::invalid_argument(std::string(op) + ": targets must be i32 or i64, got " + targets.describe());
+  if (targets.numel() != rows)
+    throw std::invalid_argument(std::string(op) + ": " + std::to_string(targets.numel()) + " targets for " +
+                                std::to_string(rows) + " rows");
+}
+
+}  // namespace
+
+void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                        const Tensor& lse) {
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  check_targets("cross_entropy", targets, rows);
+  if (rows == 0) return;
+  if (losses.dtype() != lse.dtype()) throw std::invalid_argument("cross_entropy: losses and lse dtypes differ");
+  dispatch_float(logits.dtype(), "cross_entropy", [&](auto t) {
+    using T = decltype(t);
+    dispatch_stat<T>(lse, "cross_entropy", [&](auto s) {
+      using S = decltype(s);
+      const bool vec = (vocab * int64_t(sizeof(T))) % 16 == 0 && aligned16(logits.raw_data());
+      cross_entropy_forward_kernel<T, S><<<row_grid(rows), row_threads(vocab, 1024), 0, stream_>>>(
+          rows, vocab, ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::i64, vec, ptr<S>(losses),
+          ptr<S>(lse), device_error_);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                         const Tensor& dloss, double scale, const Tensor& dlogits) {
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  check_targets("cross_entropy_backward", targets, rows);
+  if (rows == 0) return;
+  if (dloss.numel() != 1 || dloss.dtype() != lse.dtype())
+    throw std::invalid_argument("cross_entropy_backward: dloss " + dloss.describe() + " must be one element of " +
+                                dtype_name(lse.dtype()));
+  dispatch_float(logits.dtype(), "cross_entropy_backward", [&](auto t) {
+    using T = decltype(t);
+    dispatch_stat<T>(lse, "cross_entropy_backward", [&](auto s) {
+      using S = decltype(s);
+      cross_entropy_backward_kernel<T, S><<<row_grid(rows), row_threads(vocab, 1024), 0, stream_>>>(
+          rows, vocab, ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::i64, ptr<S>(lse), ptr<S>(dloss),
+          scale, ptr<T>(dlogits));
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace pt::cuda

@@ -1,0 +1,204 @@
+// RMSNorm and LayerNorm, forward and backward, over rows of x [N, D].
+//
+// Forward: one block per row; a block sum gives the row statistic(s) (fp32, fp64 for f64),
+// thread 0 stores rstd (and mean), then the block writes the normalised row.
+//   rms:   rstd = 1 / sqrt(mean(x^2) + eps);            y = x * rstd * w
+//   layer: mu = mean(x); rstd = 1 / sqrt(var + eps);     y = (x - mu) * rstd * w + b
+// Backward dx: one block per row, two block sums, then
+//   rms:   dx = rstd * (g w - x_hat * mean(g w x_hat))
+//   layer: dx = rstd * (g w - mean(g w) - x_hat * mean(g w x_hat))
+// Weight/bias grads are accumulated (+=) with the deterministic column reduction of common.cuh
+// (no atomics): dw += sum_rows(g * x_hat), db += sum_rows(g).
+// mean/rstd tensors are the data dtype or f32 (dispatch_stat).
+#include "cuda/common.cuh"
+
+namespace pt::cuda {
+namespace {
+
+template <class T, class S>
+__global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, double eps, T* y,
+                                        S* rstd) {
+  using A = acc_t<T>;
+  PT_ROW_LOOP(r, rows) {
+    const T* xr = x + r * dim;
+    A ss = 0;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const A v = cvt<A>(xr[j]);
+      ss += v * v;
+    }
+    ss = block_sum(ss);
+    const A inv = A(1) / sqrt(ss / A(dim) + A(eps));
+    if (threadIdx.x == 0) rstd[r] = cvt<S>(inv);
+    T* yr = y + r * dim;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
+      yr[j] = cvt<T>(cvt<A>(xr[j]) * inv * (w ? cvt<A>(w[j]) : A(1)));
+  }
+}
+
+template <class T, class S>
+__global__ void rms_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const S* rstd,
+                                         const T* dy, T* dx) {
+  using A = acc_t<T>;
+  PT_ROW_LOOP(r, rows) {
+    const T* xr = x + r * dim;
+    const T* gr = dy + r * dim;
+    const A inv = cvt<A>(rstd[r]);
+    A dot = 0;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
+      dot += cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1)) * cvt<A>(xr[j]) * inv;
+    dot = block_sum(dot);
+    const A mean_dot = dot / A(dim);
+    T* dr = dx + r * dim;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
+      dr[j] = cvt<T>(inv * (cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1)) - cvt<A>(xr[j]) * inv * mean_dot));
+  }
+}
+
+template <class T, class S>
+__global__ void layer_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const T* b, double eps,
+                                          T* y, S* mean, S* rstd) {
+  using A = acc_t<T>;
+  PT_ROW_LOOP(r, rows) {
+    const T* xr = x + r * dim;
+    A sum = 0;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) sum += cvt<A>(xr[j]);
+    const A mu = block_sum(sum) / A(dim);
+    A var = 0;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const A d = cvt<A>(xr[j]) - mu;
+      var += d * d;
+    }
+    var = block_sum(var);
+    const A inv = A(1) / sqrt(var / A(dim) + A(eps));
+    if (threadIdx.x == 0) {
+      mean[r] = cvt<S>(mu);
+      rstd[r] = cvt<S>(inv);
+    }
+    T* yr = y + r * dim;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
+      yr[j] = cvt<T>((cvt<A>(xr[j]) - mu) * inv * (w ? cvt<A>(w[j]) : A(1)) + (b ? cvt<A>(b[j]) : A(0)));
+  }
+}
+
+template <class T, class S>
+__global__ void layer_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const S* mean,
+                                           const S* rstd, const T* dy, T* dx) {
+  using A = acc_t<T>;
+  PT_ROW_LOOP(r, rows) {
+    const T* xr = x + r * dim;
+    const T* gr = dy + r * dim;
+    const A mu = cvt<A>(mean[r]), inv = cvt<A>(rstd[r]);
+    A sum_gw = 0, sum_gw_xhat = 0;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const A gw = cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1));
+      sum_gw += gw;
+      sum_gw_xhat += gw * (cvt<A>(xr[j]) - mu) * inv;
+    }
+    const A mean_gw = block_sum(sum_gw) / A(dim);
+    const A mean_gw_xhat = block_sum(sum_gw_xhat) / A(dim);
+    T* dr = dx + r * dim;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const A xhat = (cvt<A>(xr[j]) - mu) * inv;
+      dr[j] = cvt<T>(inv * (cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1)) - mean_gw - xhat * mean_gw_xhat));
+    }
+  }
+}
+
+// f(r, c) = g[r, c] * (x[r, c] - mean[r]) * rstd[r]   (mean == nullptr: RMSNorm)
+template <class T, class S>
+struct GradXhat {
+  const T* g;
+  const T* x;
+  const S* mean;
+  const S* rstd;
+  int64_t dim;
+  __device__ acc_t<T> operator()(int64_t r, int64_t c) const {
+    using A = acc_t<T>;
+    const A xc = mean ? cvt<A>(x[r * dim + c]) - cvt<A>(mean[r]) : cvt<A>(x[r * dim + c]);
+    return cvt<A>(g[r * dim + c]) * xc * cvt<A>(rstd[r]);
+  }
+};
+template <class T>
+struct GradSum {
+  const T* g;
+  int64_t dim;
+  __device__ acc_t<T> operator()(int64_t r, int64_t c) const { return cvt<acc_t<T>>(g[r * dim + c]); }
+};
+
+}  // namespace
+
+void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
+                                   const Tensor& rstd) {
+  const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
+  if (rows == 0) return;
+  dispatch_float(x.dtype(), "rms_norm", [&](auto t) {
+    using T = decltype(t);
+    dispatch_stat<T>(rstd, "rms_norm", [&](auto s) {
+      using S = decltype(s);
+      rms_norm_forward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                                    const Tensor& dx, const Tensor& dweight) {
+  const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
+  if (rows == 0) return;
+  dispatch_float(x.dtype(), "rms_norm_backward", [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    dispatch_stat<T>(rstd, "rms_norm_backward", [&](auto s) {
+      using S = decltype(s);
+      rms_norm_backward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      CUDA_CHECK_LAUNCH();
+      if (dweight.defined())
+        column_reduce<A, T>(stream_, rows, dim, GradXhat<T, S>{ptr<T>(dy), ptr<T>(x), nullptr, ptr<S>(rstd), dim},
+                            ptr<T>(dweight), true);
+    });
+  });
+}
+
+void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                     const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+  const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
+  if (rows == 0) return;
+  if (mean.dtype() != rstd.dtype()) throw std::invalid_argument("layer_norm: mean and rstd dtypes differ");
+  dispatch_float(x.dtype(), "layer_norm", [&](auto t) {
+    using T = decltype(t);
+    dispatch_stat<T>(rstd, "layer_norm", [&](auto s) {
+      using S = decltype(s);
+      layer_norm_forward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, ptr<T>(y), ptr<S>(mean),
+          ptr<S>(rstd));
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                      const Tensor& dy, const Tensor& dx, const Tensor& dweight,
+                                      const Tensor& dbias) {
+  const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
+  if (rows == 0) return;
+  if (mean.dtype() != rstd.dtype()) throw std::invalid_argument("layer_norm_backward: mean and rstd dtypes differ");
+  dispatch_float(x.dtype(), "layer_norm_backward", [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    dispatch_stat<T>(rstd, "layer_norm_backward", [&](auto s) {
+      using S = decltype(s);
+      layer_norm_backward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(mean), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      CUDA_CHECK_LAUNCH();
+      if (dweight.defined())
+        column_reduce<A, T>(stream_, rows, dim,
+                            GradXhat<T, S>{ptr<T>(dy), ptr<T>(x), ptr<S>(mean), ptr<S>(rstd), dim}, ptr<T>(dweight),
+                            true);
+      if (dbias.defined()) column_reduce<A, T>(stream_, rows, dim, GradSum<T>{ptr<T>(dy), dim}, ptr<T>(dbias), true);
+    });
+  });
+}
+
+}  // namespace pt::cuda

@@ -1,0 +1,120 @@
+// Reductions: sum_to (reduce broadcast dims, fp64 accumulation like the CPU reference) and
+// sum_squares (global grad norm, fp64, returned to the host).
+//
+// sum_to has two kernels:
+//  * column path: x dense and the reduced dims all lead the kept ones ([R, C] -> [1, C], e.g. a
+//    bias gradient): the deterministic two-stage column reduction of common.cuh.
+//  * general path: one block per output element, threads stride over the reduced elements
+//    (offsets through two StridedMetas: kept dims and reduced dims), block tree sum.
+// sum_squares: a fixed grid of block partials, then one block adds them in order (deterministic).
+#include "cuda/common.cuh"
+
+namespace pt::cuda {
+namespace {
+
+constexpr int kReduceBlocks = 1024;  // matches the scratch size in backend.cpp
+
+template <class T>
+struct LoadDouble {
+  const T* x;
+  int64_t cols;
+  __device__ double operator()(int64_t r, int64_t c) const { return cvt<double>(x[r * cols + c]); }
+};
+
+// out[o] = sum over the reduced index r of x[kept_off(o) + red_off(r)]
+template <class T>
+__global__ void sum_to_kernel(StridedMeta<1> kept, StridedMeta<1> reduced, int64_t n_out, int64_t n_red, const T* x,
+                              T* out) {
+  PT_ROW_LOOP(o, n_out) {
+    int64_t base[1];
+    strided_offsets(kept, o, base);
+    double acc = 0;
+    for (int64_t r = threadIdx.x; r < n_red; r += blockDim.x) {
+      int64_t off[1];
+      strided_offsets(reduced, r, off);
+      acc += cvt<double>(x[base[0] + off[0]]);
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) out[o] = cvt<T>(acc);
+  }
+}
+
+// partial[block] = sum of x[i]^2 over the block's grid-stride share
+template <class T>
+__global__ void sum_squares_partial_kernel(int64_t n, const T* x, double* partial) {
+  double acc = 0;
+  PT_GRID_STRIDE(i, n) {
+    const double v = cvt<double>(x[i]);
+    acc += v * v;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ void sum_partials_kernel(int count, const double* partial, double* result) {
+  double acc = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) *result = acc;
+}
+
+}  // namespace
+
+void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
+  if (out.ndim() != x.ndim())
+    throw std::invalid_argument("sum_to: " + shape_str(x.shape()) + " to " + shape_str(out.shape()));
+  if (!out.is_contiguous()) throw std::invalid_argument("sum_to: output must be contiguous");
+  const size_t nd = x.shape().size();
+  Shape kept_shape, kept_strides, red_shape, red_strides;
+  bool leading = true, seen_kept = false;  // reduced dims all before kept ones?
+  for (size_t d = 0; d < nd; ++d) {
+    const int64_t xs = x.shape()[d], os = out.shape()[d];
+    if (os == xs) {
+      if (xs != 1) seen_kept = true;
+      kept_shape.push_back(xs);
+      kept_strides.push_back(x.strides()[d]);
+    } else if (os == 1) {
+      if (seen_kept) leading = false;
+      red_shape.push_back(xs);
+      red_strides.push_back(x.strides()[d]);
+    } else {
+      throw std::invalid_argument("sum_to: " + shape_str(x.shape()) + " to " + shape_str(out.shape()));
+    }
+  }
+  const int64_t n_out = out.numel(), n_red = shape_numel(red_shape);
+  if (n_out == 0) return;
+  dispatch_float(x.dtype(), "sum_to", [&](auto t) {
+    using T = decltype(t);
+    if (x.numel() == 0) {
+      fill(out, 0.0);
+    } else if (x.is_contiguous() && leading && n_out > 1) {
+      column_reduce<double, T>(stream_, n_red, n_out, LoadDouble<T>{ptr<T>(x), n_out}, ptr<T>(out), false);
+    } else {
+      const auto kept = make_meta<1>(kept_shape, {&kept_strides}, "sum_to");
+      const auto reduced = make_meta<1>(red_shape, {&red_strides}, "sum_to");
+      const int threads = n_red >= 1024 ? 1024 : row_threads(n_red);
+      sum_to_kernel<T><<<row_grid(n_out), threads, 0, stream_>>>(kept, reduced, n_out, n_red, ptr<T>(x), ptr<T>(out));
+      CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+double CudaBackend::sum_squares(const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return 0.0;
+  const Tensor xc = x.contiguous();
+  const int blocks = static_cast<int>(std::min<int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads));
+  dispatch_float(x.dtype(), "sum_squares", [&](auto t) {
+    using T = decltype(t);
+    sum_squares_partial_kernel<T><<<blocks, kThreads, 0, stream_>>>(n, ptr<T>(xc), reduce_scratch_);
+    CUDA_CHECK_LAUNCH();
+  });
+  sum_partials_kernel<<<1, 1024, 0, stream_>>>(blocks, reduce_scratch_, reduce_scratch_ + kReduceBlocks);
+  CUDA_CHECK_LAUNCH();
+  CUDA_CHECK(cudaMemcpyAsync(reduce_host_, reduce_scratch_ + kReduceBlocks, sizeof(double), cudaMemcpyDeviceToHost,
+                             stream_));
+  sync_and_check();
+  return *reduce_host_;
+}
+
+}  // namespace pt::cuda

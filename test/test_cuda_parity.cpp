@@ -1,0 +1,531 @@
+// CUDA backend parity: every op forward and backward on the GPU against the CPU reference
+// (f32: relative error < 1e-5; bf16: < 2e-2 against the CPU in f32 on the same bf16-rounded
+// inputs; f64: < 1e-10), plus allocator, error reporting, a whole training step and a short
+// end-to-end training run. Errors are ||gpu - cpu|| / ||cpu|| over the whole tensor.
+//
+// Every case is tagged [gpu] and skips itself, with a visible warning, when no CUDA device is
+// available (CPU-only machines, or builds without the CUDA backend).
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/model.h"
+#include "core/ops.h"
+#include "core/rng.h"
+#include "core/spec.h"
+#include "core/trainer.h"
+#include "test/catch.h"
+#ifdef PRETRAIN_WITH_CUDA
+#include "cuda/register.h"
+#endif
+
+using namespace pt;
+
+namespace {
+
+bool cuda_ready() {
+#ifdef PRETRAIN_WITH_CUDA
+  pt::cuda::register_cuda_backend();
+#endif
+  return backend_available(DeviceType::cuda);
+}
+
+#define REQUIRE_GPU_OR_SKIP(name)                \
+  if (!cuda_ready()) {                           \
+    WARN("no CUDA GPU: skipping " << (name));    \
+    return;                                      \
+  }
+
+const Device kGpu = Device::cuda(0);
+const Device kCpu = Device::cpu();
+
+double rel_err(const Tensor& got, const Tensor& ref) {
+  const auto a = got.to_vector<double>(), b = ref.to_vector<double>();
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  if (!std::isfinite(num)) return INFINITY;
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+Tensor randn(const Shape& shape, uint64_t seed, double std = 1.0) {
+  Rng rng(seed);
+  return Tensor::randn(shape, rng, std, DType::f32);
+}
+Tensor positive(const Shape& shape, uint64_t seed) {
+  Rng rng(seed);
+  return Tensor::uniform(shape, rng, 0.5, 2.0, DType::f32);
+}
+template <class T>
+Tensor ids(const std::vector<T>& v) {
+  return Tensor::from_vector(v, {static_cast<int64_t>(v.size())});
+}
+
+double tolerance(DType dt) { return dt == DType::bf16 ? 2e-2 : dt == DType::f64 ? 1e-10 : 1e-5; }
+
+// The op under test: inputs on the run's device (floating ones in the run's dtype) -> outputs.
+using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
+
+struct RunResult {
+  std::vector<Tensor> outputs;  // CPU f64 copies
+  std::vector<Tensor> grads;    // CPU f64 copies (undefined where no grad was asked for)
+};
+
+// Rounds the floating inputs to `round` (so CPU f32 references see exactly the bf16 values the GPU
+// sees), casts them to `compute`, moves them to `device`, runs the op and the backward of
+// L = sum_i sum(out_i * W_i) with fixed random W_i (rounded the same way).
+RunResult run_op(const OpFn& fn, const std::vector<Tensor>& inputs, const std::vector<bool>& needs_grad,
+                 DType compute, DType round, Device device) {
+  std::vector<Tensor> ins;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor t = inputs[i];
+    if (is_floating(t.dtype())) t = t.to(round).to(compute);
+    t = t.to(device);
+    if (is_floating(t.dtype()) && needs_grad[i]) t.set_requires_grad(true);
+    ins.push_back(t);
+  }
+  const std::vector<Tensor> outs = fn(ins);
+  Rng rng(4242);
+  Tensor loss;
+  for (const Tensor& o : outs) {
+    Tensor w = Tensor::randn(o.shape(), rng, 1.0, DType::f32).to(round).to(o.dtype()).to(device);
+    Tensor term = ops::sum(ops::mul(o, w));
+    loss = loss.defined() ? ops::add(loss, term) : term;
+  }
+  bool any_grad = false;
+  for (const Tensor& t : ins) any_grad = any_grad || t.requires_grad();
+  if (any_grad) loss.backward();
+  RunResult r;
+  for (const Tensor& o : outs) r.outputs.push_back(o.detach().to(DType::f64).to(kCpu));
+  for (const Tensor& t : ins)
+    r.grads.push_back(t.grad().defined() ? t.grad().to(DType::f64).to(kCpu) : Tensor());
+  return r;
+}
+
+// GPU vs CPU in f32, bf16 and f64 (f64 only where `with_f64`).
+void check_parity(const std::string& name, const OpFn& fn, const std::vector<Tensor>& inputs,
+                  std::vector<bool> needs_grad = {}, bool with_f64 = true, double tol_scale = 1.0) {
+  if (needs_grad.empty()) needs_grad.assign(inputs.size(), true);
+  std::vector<DType> dtypes = {DType::f32, DType::bf16};
+  if (with_f64) dtypes.push_back(DType::f64);
+  for (DType dt : dtypes) {
+    const DType ref_compute = dt == DType::f64 ? DType::f64 : DType::f32;
+    const RunResult ref = run_op(fn, inputs, needs_grad, ref_compute, dt, kCpu);
+    const RunResult got = run_op(fn, inputs, needs_grad, dt, dt, kGpu);
+    const double tol = tolerance(dt) * tol_scale;
+    for (size_t i = 0; i < ref.outputs.size(); ++i) {
+      INFO(name << " " << dtype_name(dt) << " output " << i);
+      const double err = rel_err(got.outputs[i], ref.outputs[i]);
+      INFO("relative error " << err << " (tolerance " << tol << ")");
+      CHECK(err < tol);
+    }
+    for (size_t i = 0; i < ref.grads.size(); ++i) {
+      if (!ref.grads[i].defined()) continue;
+      INFO(name << " " << dtype_name(dt) << " grad of input " << i);
+      REQUIRE(got.grads[i].defined());
+      const double err = rel_err(got.grads[i], ref.grads[i]);
+      INFO("relative error " << err << " (tolerance " << tol << ")");
+      CHECK(err < tol);
+    }
+  }
+}
+
+// The message of what f throws ("" if it does not throw).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::filesystem::path fresh_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("pretrain_cuda_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- registration and memory
+
+TEST_CASE("cuda: registration is idempotent and reports the device", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("registration");
+#ifdef PRETRAIN_WITH_CUDA
+  CHECK(pt::cuda::register_cuda_backend());
+  CHECK(pt::cuda::register_cuda_backend());
+#endif
+  CHECK(backend_for(kGpu).name() == "cuda");
+  Tensor t = Tensor::full({3, 5}, 2.5, DType::f32, kGpu);
+  CHECK(t.device() == kGpu);
+  for (float v : t.to_vector<float>()) CHECK(v == 2.5f);
+}
+
+TEST_CASE("cuda: caching allocator reuses blocks and releases the cache", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("caching allocator");
+  Allocator& alloc = allocator_for(kGpu);
+  backend_for(kGpu).synchronize();
+  { Tensor warm = Tensor::empty({1000, 257}, DType::f32, kGpu); }
+  const AllocatorStats before = alloc.stats();
+  for (int i = 0; i < 10; ++i) {
+    Tensor t = Tensor::empty({1000, 257}, DType::f32, kGpu);
+    Tensor u = Tensor::empty({1000, 257}, DType::f32, kGpu);
+    CHECK(t.raw_data() != u.raw_data());
+  }
+  const AllocatorStats after = alloc.stats();
+  CHECK(after.allocated_bytes == before.allocated_bytes);
+  CHECK(after.num_system_allocs <= before.num_system_allocs + 1);  // at most the second block is new
+  CHECK(after.reserved_bytes >= after.allocated_bytes);
+  CHECK(after.peak_allocated_bytes >= before.allocated_bytes + 2 * 1000 * 257 * 4);
+  alloc.release_cached();
+  CHECK(alloc.stats().reserved_bytes < after.reserved_bytes);
+  CHECK(alloc.stats().allocated_bytes == after.allocated_bytes);
+}
+
+TEST_CASE("cuda: host round trips and dtype casts", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("host round trips and casts");
+  const std::vector<float> values = {-3.75f, -1.0f, 0.0f, 0.5f, 1.25f, 100.5f, 1e-3f, 7.0f};
+  Tensor cpu = Tensor::from_vector(values, {2, 4});
+  Tensor gpu = cpu.to(kGpu);
+  CHECK(gpu.to_vector<float>() == values);
+  for (DType dt : {DType::f64, DType::bf16, DType::i32, DType::i64}) {
+    INFO("cast to " << dtype_name(dt));
+    CHECK(rel_err(gpu.to(dt), cpu.to(dt)) == 0.0);
+    CHECK(rel_err(gpu.to(dt).to(DType::f32), cpu.to(dt).to(DType::f32)) == 0.0);
+  }
+  Tensor i64 = Tensor::from_vector(std::vector<int64_t>{5, -2, 1 << 20}, {3});
+  CHECK(i64.to(kGpu).to(DType::f32).to_vector<float>() == std::vector<float>{5.0f, -2.0f, float(1 << 20)});
+}
+
+TEST_CASE("cuda: strided and broadcast copies, fill, concat and split", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("strided copies");
+  Tensor x = randn({3, 4, 10}, 1);
+  for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
+    INFO(dtype_name(dt));
+    Tensor xc = x.to(dt), xg = x.to(dt).to(kGpu);
+    CHECK(rel_err(xg.narrow_view(2, 3, 5).contiguous(), xc.narrow_view(2, 3, 5).contiguous()) == 0.0);
+    CHECK(rel_err(xg.narrow_view(1, 1, 2).narrow_view(2, 0, 7).contiguous(),
+                  xc.narrow_view(1, 1, 2).narrow_view(2, 0, 7).contiguous()) == 0.0);
+    Tensor dst_c = Tensor::zeros({3, 4, 10}, dt), dst_g = Tensor::zeros({3, 4, 10}, dt, kGpu);
+    dst_c.narrow_view(2, 2, 6).fill_(-1.5);
+    dst_g.narrow_view(2, 2, 6).fill_(-1.5);
+    CHECK(rel_err(dst_g, dst_c) == 0.0);
+    dst_c.narrow_view(0, 1, 2).copy_from(xc.narrow_view(0, 0, 2));
+    dst_g.narrow_view(0, 1, 2).copy_from(xg.narrow_view(0, 0, 2));
+    CHECK(rel_err(dst_g, dst_c) == 0.0);
+    // cast while copying a strided view
+    CHECK(rel_err(xg.narrow_view(2, 1, 4).to(DType::f32), xc.narrow_view(2, 1, 4).to(DType::f32)) == 0.0);
+  }
+  check_parity("concat/split", [](const std::vector<Tensor>& in) {
+    auto parts = ops::split(in[0], {3, 5, 2});
+    return std::vector<Tensor>{ops::concat({parts[2], in[1], parts[0]}), parts[1]};
+  }, {randn({4, 3, 10}, 2), randn({4, 3, 6}, 3)});
+}
+
+// ---------------------------------------------------------------- elementwise
+
+TEST_CASE("cuda: binary ops with broadcasting (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("binary ops");
+  const std::vector<std::pair<Shape, Shape>> shapes = {
+      {{5, 7}, {5, 7}}, {{4, 1, 6}, {3, 6}}, {{2, 3, 4, 5}, {5}}, {{6, 1}, {1, 9}}, {{3, 4}, {}}};
+  for (const auto& [sa, sb] : shapes) {
+    const std::string tag = shape_str(sa) + " x " + shape_str(sb);
+    check_parity("add " + tag, [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::add(in[0], in[1])}; },
+                 {randn(sa, 10), randn(sb, 11)});
+    check_parity("sub " + tag, [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::sub(in[0], in[1])}; },
+                 {randn(sa, 12), randn(sb, 13)});
+    check_parity("mul " + tag, [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::mul(in[0], in[1])}; },
+                 {randn(sa, 14), randn(sb, 15)});
+    check_parity("div " + tag, [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::div(in[0], in[1])}; },
+                 {randn(sa, 16), positive(sb, 17)});
+  }
+}
+
+TEST_CASE("cuda: unary ops (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("unary ops");
+  const UnaryOp all[] = {UnaryOp::identity, UnaryOp::neg,     UnaryOp::relu, UnaryOp::gelu_erf, UnaryOp::gelu_tanh,
+                         UnaryOp::silu,     UnaryOp::relu2,   UnaryOp::sigmoid, UnaryOp::tanh, UnaryOp::exp,
+                         UnaryOp::log,      UnaryOp::sqrt,    UnaryOp::square};
+  for (UnaryOp op : all) {
+    const bool needs_positive = op == UnaryOp::log || op == UnaryOp::sqrt;
+    Tensor x = needs_positive ? positive({37, 29}, 20) : randn({37, 29}, 21);
+    check_parity(std::string("unary ") + unary_op_name(op),
+                 [op](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::unary(op, in[0])}; }, {x});
+    // strided input (a transposed-like narrow view)
+    check_parity(std::string("unary (strided) ") + unary_op_name(op), [op](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::unary(op, in[0].narrow_view(1, 3, 20))};
+    }, {x}, {false});
+  }
+}
+
+TEST_CASE("cuda: scale, add_scalar, sum, mean, sum_to", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("affine and reductions");
+  check_parity("scale/add_scalar", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::scale(in[0], -0.75), ops::add_scalar(in[0], 3.25)};
+  }, {randn({1001}, 30)});
+  check_parity("sum/mean", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::sum(in[0]), ops::mean(in[0])};
+  }, {randn({33, 65}, 31)});
+  for (const auto& [from, to] : std::vector<std::pair<Shape, Shape>>{
+           {{64, 48}, {48}}, {{8, 16, 24}, {16, 1}}, {{8, 16, 24}, {8, 1, 24}}, {{5, 6, 7}, {1, 1, 1}}, {{300, 3}, {1, 3}}})
+    check_parity("sum_to " + shape_str(from) + " -> " + shape_str(to), [to = to](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::sum_to(in[0], to)};
+    }, {randn(from, 32)});
+}
+
+TEST_CASE("cuda: sum_squares", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("sum_squares");
+  for (int64_t n : {1, 1000, 1 << 20}) {
+    Tensor x = randn({n}, 33);
+    for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
+      INFO(n << " " << dtype_name(dt));
+      const double ref = backend_for(kCpu).sum_squares(x.to(dt).to(dt == DType::bf16 ? DType::f32 : dt));
+      const double got = backend_for(kGpu).sum_squares(x.to(dt).to(kGpu));
+      CHECK(std::abs(got - ref) <= 1e-9 * ref);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMM
+
+TEST_CASE("cuda: gemm, all transposes, batched, alpha and beta", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("gemm");
+  const int64_t m = 37, n = 53, k = 29, batch = 3;
+  for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
+    const DType ref_dt = dt == DType::f64 ? DType::f64 : DType::f32;
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        INFO(dtype_name(dt) << " trans_a " << ta << " trans_b " << tb);
+        Tensor a = randn({batch, m * k}, 40).to(dt), b = randn({batch, k * n}, 41).to(dt);
+        Tensor c = randn({batch, m * n}, 42).to(dt);
+        Tensor c_ref = c.to(ref_dt), c_gpu = c.to(kGpu);
+        backend_for(kCpu).gemm(ta, tb, m, n, k, 0.5, a.to(ref_dt), b.to(ref_dt), -1.25, c_ref, batch, m * k, k * n, m * n);
+        backend_for(kGpu).gemm(ta, tb, m, n, k, 0.5, a.to(kGpu), b.to(kGpu), -1.25, c_gpu, batch, m * k, k * n, m * n);
+        CHECK(rel_err(c_gpu, c_ref) < tolerance(dt));
+      }
+  }
+}
+
+TEST_CASE("cuda: linear with bias (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("linear");
+  check_parity("linear", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::linear(in[0], in[1], in[2])};
+  }, {randn({2, 13, 48}, 50), randn({80, 48}, 51, 0.1), randn({80}, 52)});
+  check_parity("linear (no bias)", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::linear(in[0], in[1])};
+  }, {randn({64, 256}, 53), randn({96, 256}, 54, 0.05)});
+}
+
+// ---------------------------------------------------------------- NN kernels
+
+TEST_CASE("cuda: embedding (forward and deterministic backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("embedding");
+  const std::vector<int32_t> tokens = {3, 7, 3, 0, 19, 7, 7, 3, 11, 0, 5, 19};
+  check_parity("embedding i32", [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::embedding(in[0], in[1])};
+  }, {ids(tokens).view({3, 4}), randn({20, 24}, 60)}, {false, true});
+  std::vector<int64_t> tokens64(tokens.begin(), tokens.end());
+  check_parity("embedding i64 (odd dim)", [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::embedding(in[0], in[1])};
+  }, {ids(tokens64), randn({20, 13}, 61)}, {false, true});
+  // A large batch with many repeats: bit-identical grads across two runs (no atomics).
+  Rng rng(62);
+  std::vector<int32_t> many(4096);
+  for (auto& t : many) t = static_cast<int32_t>(rng.below(50));
+  Tensor table = randn({50, 64}, 63).to(kGpu).set_requires_grad(true);
+  Tensor upstream = randn({4096, 64}, 64).to(kGpu);
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    table.zero_grad();
+    ops::embedding(ids(many).to(kGpu), table).backward(upstream);
+    const auto g = table.grad().to_vector<float>();
+    if (run == 0) first = g;
+    else CHECK(g == first);
+  }
+}
+
+TEST_CASE("cuda: out-of-range ids and targets are reported", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("device error reporting");
+  Tensor table = randn({10, 8}, 65).to(kGpu);
+  Tensor out = ops::embedding(ids(std::vector<int32_t>{1, 10, 2}).to(kGpu), table);
+  const std::string embedding_error = error_of([] { backend_for(kGpu).synchronize(); });
+  INFO("error: " << embedding_error);
+  CHECK(embedding_error.find("token id 10") != std::string::npos);
+  backend_for(kGpu).synchronize();  // the error was cleared
+  Tensor logits = randn({2, 5}, 66).to(kGpu);
+  Tensor loss = ops::cross_entropy(logits, ids(std::vector<int32_t>{1, 7}).to(kGpu));
+  const std::string target_error = error_of([&] { loss.item(); });
+  INFO("error: " << target_error);
+  CHECK(target_error.find("target 7") != std::string::npos);
+}
+
+TEST_CASE("cuda: rms_norm and layer_norm (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("norms");
+  for (int64_t dim : {64, 100, 768}) {
+    const std::string d = " dim " + std::to_string(dim);
+    // Norm weights around 1 like real ones; rows give the weight grads a real reduction.
+    Tensor x = randn({3, 41, dim}, 70), w = ops::add_scalar(randn({dim}, 71, 0.1), 1.0), b = randn({dim}, 72, 0.1);
+    check_parity("rms_norm" + d, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::rms_norm(in[0], in[1], 1e-5)};
+    }, {x, w});
+    check_parity("rms_norm (no weight)" + d, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::rms_norm(in[0], Tensor(), 1e-5)};
+    }, {x});
+    check_parity("layer_norm" + d, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::layer_norm(in[0], in[1], in[2], 1e-5)};
+    }, {x, w, b});
+    check_parity("layer_norm (no affine)" + d, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::layer_norm(in[0], Tensor(), Tensor(), 1e-5)};
+    }, {x});
+  }
+}
+
+TEST_CASE("cuda: rope (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("rope");
+  check_parity("rope", [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::rope(in[0], 10000.0)}; },
+               {randn({2, 33, 3, 16}, 80)});
+  check_parity("rope theta 500000", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::rope(in[0], 500000.0)};
+  }, {randn({1, 130, 2, 64}, 81)});
+}
+
+TEST_CASE("cuda: causal attention with GQA (forward, lse and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("attention");
+  struct Dims { int64_t B, T, Hq, Hkv, D; };
+  for (const Dims d : {Dims{2, 5, 4, 2, 3}, Dims{2, 37, 4, 2, 16}, Dims{1, 70, 6, 2, 40}, Dims{1, 65, 2, 2, 128},
+                       Dims{1, 33, 1, 1, 256}}) {
+    const std::string tag = "attention B" + std::to_string(d.B) + " T" + std::to_string(d.T) + " Hq" +
+                            std::to_string(d.Hq) + " Hkv" + std::to_string(d.Hkv) + " D" + std::to_string(d.D);
+    check_parity(tag, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::causal_attention(in[0], in[1], in[2])};
+    }, {randn({d.B, d.T, d.Hq, d.D}, 90), randn({d.B, d.T, d.Hkv, d.D}, 91), randn({d.B, d.T, d.Hkv, d.D}, 92)});
+  }
+  // lse layout [B, Hq, T], straight from the backends.
+  Tensor q = randn({2, 9, 4, 8}, 93), k = randn({2, 9, 2, 8}, 94), v = randn({2, 9, 2, 8}, 95);
+  Tensor out_c = Tensor::empty(q.shape()), lse_c = Tensor::empty({2, 4, 9});
+  Tensor out_g = Tensor::empty(q.shape(), DType::f32, kGpu), lse_g = Tensor::empty({2, 4, 9}, DType::f32, kGpu);
+  backend_for(kCpu).attention_forward(q, k, v, 0.3, out_c, lse_c);
+  backend_for(kGpu).attention_forward(q.to(kGpu), k.to(kGpu), v.to(kGpu), 0.3, out_g, lse_g);
+  CHECK(rel_err(lse_g, lse_c) < 1e-6);
+  CHECK(rel_err(out_g, out_c) < 1e-5);
+}
+
+TEST_CASE("cuda: softmax and gated linear units (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("softmax and glu");
+  for (int64_t cols : {7, 128, 3000})
+    check_parity("softmax cols " + std::to_string(cols), [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::softmax(in[0])};
+    }, {randn({19, cols}, 100, 2.0)});
+  for (GluKind kind : {GluKind::swiglu, GluKind::geglu, GluKind::reglu})
+    check_parity("glu " + std::to_string(int(kind)), [kind](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::glu(kind, in[0], in[1])};
+    }, {randn({37, 101}, 101), randn({37, 101}, 102)});
+}
+
+TEST_CASE("cuda: cross-entropy with ignored targets (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("cross entropy");
+  for (int64_t vocab : {97, 128, 50257}) {
+    const int64_t rows = vocab > 1000 ? 6 : 40;
+    Rng rng(110);
+    std::vector<int32_t> targets(static_cast<size_t>(rows));
+    for (size_t i = 0; i < targets.size(); ++i) targets[i] = i % 5 == 3 ? -1 : static_cast<int32_t>(rng.below(vocab));
+    check_parity("cross_entropy V=" + std::to_string(vocab), [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::cross_entropy(in[0], in[1])};
+    }, {randn({rows, vocab}, 111, 3.0), ids(targets)}, {true, false});
+    std::vector<int64_t> targets64(targets.begin(), targets.end());
+    check_parity("cross_entropy i64 targets V=" + std::to_string(vocab), [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::cross_entropy(in[0], in[1], rows - rows / 5)};
+    }, {randn({rows, vocab}, 112, 3.0), ids(targets64)}, {true, false});
+  }
+}
+
+TEST_CASE("cuda: adamw_step matches the CPU update", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("adamw");
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    Tensor p_c = randn({1031}, 120).to(dt), m_c = Tensor::zeros({1031}, dt), v_c = Tensor::zeros({1031}, dt);
+    Tensor p_g = p_c.to(kGpu), m_g = m_c.to(kGpu), v_g = v_c.to(kGpu);
+    for (int64_t step = 1; step <= 5; ++step) {
+      Tensor g = randn({1031}, 120 + uint64_t(step)).to(dt);
+      backend_for(kCpu).adamw_step(p_c, g, 0.7, m_c, v_c, 1e-2, 0.9, 0.95, 1e-8, 0.1, step);
+      backend_for(kGpu).adamw_step(p_g, g.to(kGpu), 0.7, m_g, v_g, 1e-2, 0.9, 0.95, 1e-8, 0.1, step);
+    }
+    const double tol = dt == DType::f64 ? 1e-12 : 1e-6;
+    CHECK(rel_err(p_g, p_c) < tol);
+    CHECK(rel_err(m_g, m_c) < tol);
+    CHECK(rel_err(v_g, v_c) < tol);
+  }
+}
+
+// ---------------------------------------------------------------- whole model
+
+TEST_CASE("cuda: one training step of the default model matches the CPU (loss and every grad)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("training step parity");
+  const ExperimentSpec spec = parse_spec(default_spec_json(), "default");
+  Rng data_rng(7);
+  const int64_t B = 4, T = spec.model.seq_len;
+  std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
+  for (auto& t : tokens) t = static_cast<int32_t>(data_rng.below(uint64_t(spec.model.vocab_size)));
+  for (size_t i = 0; i < targets.size(); ++i) targets[i] = i + 1 < tokens.size() ? tokens[i + 1] : -1;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    INFO("model dtype " << dtype_name(dt));
+    Rng rng_c(spec.training.seed), rng_g(spec.training.seed);
+    Transformer cpu_model(spec.model, rng_c, DType::f32, kCpu);
+    Transformer gpu_model(spec.model, rng_g, dt, kGpu);
+    if (dt == DType::bf16)  // the CPU reference runs on the same bf16-rounded weights, in f32
+      for (Parameter& p : cpu_model.parameters()) p.value.copy_from(p.value.to(DType::bf16));
+    Tensor loss_c = cpu_model.loss(Tensor::from_vector(tokens, {B, T}), Tensor::from_vector(targets, {B, T}));
+    Tensor loss_g = gpu_model.loss(Tensor::from_vector(tokens, {B, T}, kGpu), Tensor::from_vector(targets, {B, T}, kGpu));
+    loss_c.backward();
+    loss_g.backward();
+    const double lc = loss_c.item(), lg = loss_g.item();
+    INFO("loss cpu " << lc << " gpu " << lg);
+    CHECK(std::abs(lg - lc) / std::abs(lc) < (dt == DType::bf16 ? 1e-2 : 1e-5));
+    for (size_t i = 0; i < cpu_model.parameters().size(); ++i) {
+      const Parameter& pc = cpu_model.parameters()[i];
+      const Parameter& pg = gpu_model.parameters()[i];
+      INFO("grad of " << pc.info.name);
+      REQUIRE(pg.value.grad().defined());
+      const double err = rel_err(pg.value.grad(), pc.value.grad());
+      INFO("relative error " << err);
+      CHECK(err < (dt == DType::bf16 ? 5e-2 : 1e-4));
+    }
+  }
+}
+
+TEST_CASE("cuda: training the default spec for 200 steps tracks the CPU run", "[gpu][cuda][slow]") {
+  REQUIRE_GPU_OR_SKIP("end-to-end training");
+  auto run = [](const std::string& device) {
+    nlohmann::json j = default_spec_json();
+    for (const char* o : {"training.steps=200", "training.eval_every=0", "checkpoint.every=0"}) apply_override(j, o);
+    apply_override(j, "training.device=" + device);
+    TrainOptions options;
+    options.run_dir = fresh_dir("e2e_" + device);
+    options.quiet = true;
+    TrainResult r = train(parse_spec(j, "test"), options);
+    std::filesystem::remove_all(options.run_dir);
+    return r;
+  };
+  const TrainResult cpu = run("cpu");
+  const TrainResult gpu = run("cuda");
+  REQUIRE(gpu.train_losses.size() == cpu.train_losses.size());
+  REQUIRE(gpu.train_losses.size() == 200u);
+  // Early steps agree to rounding; by the end the trajectories may drift apart slightly.
+  CHECK(std::abs(gpu.train_losses[0] - cpu.train_losses[0]) < 1e-4 * std::abs(cpu.train_losses[0]));
+  const double lc = cpu.train_losses.back(), lg = gpu.train_losses.back();
+  INFO("final train loss cpu " << lc << " gpu " << lg << "; val cpu " << cpu.final_val_loss << " gpu "
+                               << gpu.final_val_loss);
+  CHECK(std::abs(lg - lc) < 0.02 * std::abs(lc));
+  if (std::isfinite(cpu.final_val_loss)) CHECK(std::abs(gpu.final_val_loss - cpu.final_val_loss) < 0.02 * cpu.final_val_loss);
+}
