@@ -60,6 +60,9 @@ void check_ids(const char* op, const Tensor& ids, Device device) {
   if (ids.device() != device) fail(op, "ids are on " + ids.device().str() + " but the data on " + device.str());
 }
 
+// Per-row statistics (norm mean/rstd, attention and loss log-sum-exp) stay in f32 for bf16 data.
+DType stat_dtype(DType data) { return data == DType::bf16 ? DType::f32 : data; }
+
 Tensor like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
 Tensor zeros_like(const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); }
 Backend& be(const Tensor& t) { return backend_for(t.device()); }
@@ -393,7 +396,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor w = weight.defined() ? weight.contiguous() : Tensor();
   const int64_t rows = xc.numel() / xc.size(-1);
   Tensor y = like(xc);
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
   be(xc).rms_norm_forward(xc, w, eps, y, rstd);
   const Tensor xd = xc.detach(), wd = w.detach(), rd = rstd.detach();
   record_op("rms_norm", {x, weight}, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -417,8 +420,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   Tensor b = bias.defined() ? bias.contiguous() : Tensor();
   const int64_t rows = xc.numel() / xc.size(-1);
   Tensor y = like(xc);
-  Tensor mean_t = Tensor::empty({rows}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor mean_t = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
+  Tensor rstd = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
   be(xc).layer_norm_forward(xc, w, b, eps, y, mean_t, rstd);
   const Tensor xd = xc.detach(), wd = w.detach(), md = mean_t.detach(), rd = rstd.detach();
   const bool has_bias = b.defined();
@@ -462,8 +465,7 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, doubl
   if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Tensor out = like(qc);
-  const DType lse_dtype = q.dtype() == DType::bf16 ? DType::f32 : q.dtype();
-  Tensor lse = Tensor::empty({q.size(0), q.size(2), q.size(1)}, lse_dtype, q.device());
+  Tensor lse = Tensor::empty({q.size(0), q.size(2), q.size(1)}, stat_dtype(q.dtype()), q.device());
   be(qc).attention_forward(qc, kc, vc, scale, out, lse);
   const Tensor qd = qc.detach(), kd = kc.detach(), vd = vc.detach(), od = out.detach(), ld = lse.detach();
   record_op("causal_attention", {q, k, v}, {out}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -521,7 +523,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_va
     num_valid = 0;
     for (int64_t t : tc.to_vector<int64_t>()) num_valid += t != -1;
   }
-  const DType acc = logits.dtype() == DType::bf16 ? DType::f32 : logits.dtype();
+  const DType acc = stat_dtype(logits.dtype());
   const int64_t rows = logits.size(0);
   Tensor losses = Tensor::empty({rows}, acc, logits.device());
   Tensor lse = Tensor::empty({rows}, acc, logits.device());
