@@ -28,8 +28,22 @@ bool applies_weight_decay(ParamKind kind, const WeightDecayRules& rules) {
     case ParamKind::embedding: return rules.embeddings;
     case ParamKind::norm_scale: return rules.norm_scales;
     case ParamKind::bias: return rules.biases;
+    case ParamKind::scale_direction: return false;
+    case ParamKind::coefficient: return false;
   }
   return true;
+}
+
+bool applies_weight_decay(const ParamInfo& param, const OptimSpec& optim) {
+  switch (param.kind) {
+    case ParamKind::norm_scale:
+      if (optim.decay.norm_scales) return true;
+      if (param.role == ScaleRole::input) return optim.weight_decay_scales.input;
+      if (param.role == ScaleRole::output) return optim.weight_decay_scales.output;
+      return false;
+    case ParamKind::scale_direction: return optim.weight_decay_scales.direction;
+    default: return applies_weight_decay(param.kind, optim.decay);
+  }
 }
 
 AdamW::AdamW(std::vector<Parameter>& params, const OptimSpec& spec) : params_(params), spec_(spec) {
@@ -51,7 +65,7 @@ OptimizerStepStats AdamW::step(double lr, double grad_scale) {
   for (size_t i = 0; i < params_.size(); ++i) {
     const Parameter& p = params_[i];
     if (!p.value.grad().defined()) continue;
-    const double wd = applies_weight_decay(p.info.kind, spec_.decay) ? spec_.weight_decay : 0.0;
+    const double wd = applies_weight_decay(p.info, spec_) ? spec_.weight_decay : 0.0;
     backend_for(p.value.device())
         .adamw_step(p.value, p.value.grad(), grad_scale * stats.clip_factor, m_[i], v_[i], lr, spec_.beta1,
                     spec_.beta2, spec_.eps, wd, step_);

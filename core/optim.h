@@ -20,6 +20,12 @@ double learning_rate(const OptimSpec& optim, const ScheduleSpec& schedule, int64
 
 bool applies_weight_decay(ParamKind kind, const WeightDecayRules& rules);
 
+// The full rule AdamW applies (docs/options.md): matrices always decay; embeddings and biases per
+// optim.decay; a scale (norm_scale: a vector or the magnitude m) decays when optim.decay.norm_scales
+// or optim.weight_decay_scales.<its role> is true; a direction v when weight_decay_scales.direction;
+// coefficients (LA, MoA blend) never.
+bool applies_weight_decay(const ParamInfo& param, const OptimSpec& optim);
+
 struct OptimizerStepStats {
   double grad_norm = 0.0;    // global L2 norm of the (averaged) gradients, before clipping
   double clip_factor = 1.0;  // multiplier applied to the gradients (1 when not clipped)

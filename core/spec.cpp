@@ -24,7 +24,15 @@ using Choices = std::span<const std::string_view>;
 constexpr std::string_view kPresets[] = {"llama", "gpt2"};
 constexpr std::string_view kNormTypes[] = {"rmsnorm", "layernorm"};
 constexpr std::string_view kNormScales[] = {"none", "vector", "zero_centered"};
-constexpr std::string_view kActivations[] = {"relu", "gelu", "gelu_tanh", "silu", "relu2", "swiglu", "geglu", "reglu"};
+constexpr std::string_view kActivations[] = {"relu", "gelu", "gelu_tanh", "silu", "relu2", "swiglu", "geglu", "reglu", "la", "moa"};
+constexpr std::string_view kDictionaryEntries[] = {"relu", "gelu", "gelu_tanh", "silu", "relu2", "tanh", "identity"};
+constexpr std::string_view kScalePlacements[] = {"input", "output", "both"};
+constexpr std::string_view kReparams[] = {"none", "magnitude_direction"};
+constexpr std::string_view kGranularities[] = {"layer", "channel"};
+constexpr std::string_view kMoaGates[] = {"softmax", "sigmoid"};
+constexpr std::string_view kMoaInits[] = {"bias", "exact"};
+constexpr std::string_view kGatePositions[] = {"none", "g1", "g2", "g5"};
+constexpr std::string_view kGateGranularities[] = {"headwise", "elementwise"};
 constexpr std::string_view kPositions[] = {"rope", "learned", "none"};
 constexpr std::string_view kOptimizers[] = {"adamw"};
 constexpr std::string_view kSchedules[] = {"constant", "cosine", "linear", "wsd"};
@@ -181,6 +189,28 @@ class ObjectReader {
     }
   }
 
+  // A non-empty array of distinct strings, each one of `choices`.
+  void read_choice_list(std::string_view key, std::vector<std::string>& out, Choices choices) {
+    if (const json* v = find(key)) {
+      if (!v->is_array() || v->empty()) wrong(key, *v, "a non-empty array of " + join(choices));
+      std::vector<std::string> items;
+      for (size_t i = 0; i < v->size(); ++i) {
+        const json& e = (*v)[i];
+        const std::string at = path_of(key) + "[" + std::to_string(i) + "]";
+        if (!e.is_string()) fail(source_, at, "expected one of " + join(choices) + ", got " + show(e) + " (" + e.type_name() + ")");
+        const std::string str = e.get<std::string>();
+        if (std::find(choices.begin(), choices.end(), str) == choices.end())
+          fail(source_, at, show(e) + " is not one of " + join(choices) + suggestion(str, choices));
+        if (std::find(items.begin(), items.end(), str) != items.end()) fail(source_, at, show(e) + " appears twice");
+        items.push_back(str);
+      }
+      out = items;
+    }
+  }
+
+  // Fails naming `key` under this object.
+  [[noreturn]] void fail_at(std::string_view key, const std::string& message) const { fail(source_, path_of(key), message); }
+
   void read(std::string_view key, bool& out) {
     if (const json* v = find(key)) {
       if (!v->is_boolean()) wrong(key, *v, "a boolean (true or false)");
@@ -283,8 +313,48 @@ ModelSpec parse_model(ObjectReader r) {
   norm.read_choice("type", m.norm.type, kNormTypes);
   norm.read_choice("scale", m.norm.scale, kNormScales);
   norm.read("eps", m.norm.eps, kPositive);
+  norm.read("unified", m.norm.unified);
+  if (m.norm.unified) {  // defaults of the unified strategy; explicit keys below still win
+    m.norm.branch_scales = true;
+    m.norm.scale_placement = "both";
+    m.norm.reparam = "magnitude_direction";
+  }
+  norm.read("branch_scales", m.norm.branch_scales);
+  norm.read_choice("scale_placement", m.norm.scale_placement, kScalePlacements);
+  norm.read_choice("reparam", m.norm.reparam, kReparams);
+  norm.read("qk_norm", m.norm.qk_norm);
   norm.reject_unknown();
   r.read_choice("activation", m.activation, kActivations);
+  // The base entry defaults to the dictionary's first; it must be in the dictionary.
+  const auto resolve_base = [](ObjectReader& sub, std::string& base, const std::vector<std::string>& dictionary) {
+    if (base.empty()) base = dictionary.front();
+    if (std::find(dictionary.begin(), dictionary.end(), base) == dictionary.end()) {
+      std::string list;
+      for (const auto& d : dictionary) list += (list.empty() ? "" : ", ") + d;
+      sub.fail_at("base", quote(base) + " is not in the dictionary (" + list + ")");
+    }
+  };
+  ObjectReader la = r.child("la");
+  la.read_choice_list("dictionary", m.la.dictionary, kDictionaryEntries);
+  la.read_choice("granularity", m.la.granularity, kGranularities);
+  la.read("base", m.la.base);
+  la.read("gated", m.la.gated);
+  la.reject_unknown();
+  resolve_base(la, m.la.base, m.la.dictionary);
+  ObjectReader moa = r.child("moa");
+  moa.read_choice_list("dictionary", m.moa.dictionary, kDictionaryEntries);
+  moa.read_choice("gate", m.moa.gate, kMoaGates);
+  moa.read("base", m.moa.base);
+  moa.read("gated", m.moa.gated);
+  moa.read_choice("init", m.moa.init, kMoaInits);
+  moa.read("init_logit", m.moa.init_logit, kNonNegative);
+  moa.reject_unknown();
+  resolve_base(moa, m.moa.base, m.moa.dictionary);
+  ObjectReader gate = r.child("attn_gate");
+  gate.read_choice("position", m.attn_gate.position, kGatePositions);
+  gate.read_choice("granularity", m.attn_gate.granularity, kGateGranularities);
+  gate.read("bias", m.attn_gate.bias);
+  gate.reject_unknown();
   r.read_choice("position", m.position, kPositions);
   r.read("rope_theta", m.rope_theta, kPositive);
   r.read("tied_embeddings", m.tied_embeddings);
@@ -298,8 +368,9 @@ ModelSpec parse_model(ObjectReader r) {
   return m;
 }
 
-OptimSpec parse_optim(ObjectReader r) {
+OptimSpec parse_optim(ObjectReader r, const ModelSpec& m) {
   OptimSpec o;
+  o.weight_decay_scales.input = m.norm.unified;  // the unified strategy decays input-role scales unless told otherwise
   r.read_choice("name", o.name, kOptimizers);
   r.read("lr", o.lr, kPositive);
   r.read("beta1", o.beta1, kUnitHalfOpen);
@@ -311,6 +382,11 @@ OptimSpec parse_optim(ObjectReader r) {
   decay.read("norm_scales", o.decay.norm_scales);
   decay.read("biases", o.decay.biases);
   decay.reject_unknown();
+  ObjectReader scales = r.child("weight_decay_scales");
+  scales.read("input", o.weight_decay_scales.input);
+  scales.read("output", o.weight_decay_scales.output);
+  scales.read("direction", o.weight_decay_scales.direction);
+  scales.reject_unknown();
   r.read("grad_clip", o.grad_clip, kNonNegative);
   r.reject_unknown();
   return o;
@@ -399,6 +475,16 @@ void validate(const ExperimentSpec& s, const std::string& source) {
   if (m.position == "rope" && m.head_dim() % 2 != 0) {
     fail_rule("model.position \"rope\" needs an even head dimension, but model.d_model / model.n_heads = " +
               std::to_string(m.d_model) + " / " + std::to_string(m.n_heads) + " = " + std::to_string(m.head_dim()));
+  }
+
+  if (m.norm.reparam == "magnitude_direction" && m.norm.scale != "vector") {
+    fail_rule("model.norm.reparam \"magnitude_direction\" requires model.norm.scale \"vector\" (got " +
+              quote(m.norm.scale) + ")" + (m.norm.unified ? " (model.norm.unified sets the reparam)" : ""));
+  }
+  if (m.norm.scale == "none" && (m.norm.branch_scales || m.norm.scale_placement != "input")) {
+    fail_rule("model.norm.scale \"none\" has no scale vectors to place: model.norm.branch_scales must be false and "
+              "model.norm.scale_placement \"input\" (got " + std::string(m.norm.branch_scales ? "true" : "false") + ", " +
+              quote(m.norm.scale_placement) + ")" + (m.norm.unified ? " (model.norm.unified sets both)" : ""));
   }
 
   if (t.precision == "bf16" && t.device != "cuda") {
@@ -562,7 +648,7 @@ ExperimentSpec parse_spec(const nlohmann::json& j, const std::string& source) {
   ExperimentSpec s;
   root.read("name", s.name);
   s.model = parse_model(root.child("model"));
-  s.optim = parse_optim(root.child("optim"));
+  s.optim = parse_optim(root.child("optim"), s.model);
   s.schedule = parse_schedule(root.child("schedule"));
   s.data = parse_data(root.child("data"));
   s.training = parse_training(root.child("training"));
@@ -628,8 +714,27 @@ nlohmann::json to_json(const ExperimentSpec& s) {
       {"n_heads", m.n_heads},
       {"n_kv_heads", m.n_kv_heads},
       {"ffn_hidden", m.ffn_hidden},
-      {"norm", {{"type", m.norm.type}, {"scale", m.norm.scale}, {"eps", m.norm.eps}}},
+      {"norm",
+       {{"type", m.norm.type},
+        {"scale", m.norm.scale},
+        {"eps", m.norm.eps},
+        {"unified", m.norm.unified},
+        {"branch_scales", m.norm.branch_scales},
+        {"scale_placement", m.norm.scale_placement},
+        {"reparam", m.norm.reparam},
+        {"qk_norm", m.norm.qk_norm}}},
       {"activation", m.activation},
+      {"la",
+       {{"dictionary", m.la.dictionary}, {"granularity", m.la.granularity}, {"base", m.la.base}, {"gated", m.la.gated}}},
+      {"moa",
+       {{"dictionary", m.moa.dictionary},
+        {"gate", m.moa.gate},
+        {"base", m.moa.base},
+        {"gated", m.moa.gated},
+        {"init", m.moa.init},
+        {"init_logit", m.moa.init_logit}}},
+      {"attn_gate",
+       {{"position", m.attn_gate.position}, {"granularity", m.attn_gate.granularity}, {"bias", m.attn_gate.bias}}},
       {"position", m.position},
       {"rope_theta", m.rope_theta},
       {"tied_embeddings", m.tied_embeddings},
@@ -644,7 +749,14 @@ nlohmann::json to_json(const ExperimentSpec& s) {
       {"beta2", o.beta2},
       {"eps", o.eps},
       {"weight_decay", o.weight_decay},
-      {"decay", {{"embeddings", o.decay.embeddings}, {"norm_scales", o.decay.norm_scales}, {"biases", o.decay.biases}}},
+      {"decay",
+       {{"embeddings", o.decay.embeddings},
+        {"norm_scales", o.decay.norm_scales},
+        {"biases", o.decay.biases}}},
+      {"weight_decay_scales",
+       {{"input", o.weight_decay_scales.input},
+        {"output", o.weight_decay_scales.output},
+        {"direction", o.weight_decay_scales.direction}}},
       {"grad_clip", o.grad_clip},
   };
   j["schedule"] = {

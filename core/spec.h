@@ -19,12 +19,51 @@ class SpecError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Normalisation and scale vectors (formulas in docs/options.md).
 struct NormSpec {
   std::string type = "rmsnorm";  // rmsnorm | layernorm
   std::string scale = "vector";  // none | vector | zero_centered  (gamma, or x_hat * (1 + w) with w init 0)
   double eps = 1e-5;
+  // "unified" strategy: sets the defaults of branch_scales (true), scale_placement (both), reparam
+  // (magnitude_direction) and optim.weight_decay_scales.input (true) when those keys are not given.
+  bool unified = false;
+  bool branch_scales = false;            // one input-side scale per projection branch (q, k, v, gate; FFN gate, up; router)
+  std::string scale_placement = "input"; // input | output | both: y = diag(b) W diag(g) n
+  std::string reparam = "none";          // none | magnitude_direction: g = m * v / ||v|| * sqrt(dim)
+  bool qk_norm = false;                  // normalise q and k over head_dim (scale role: output)
 
   bool operator==(const NormSpec&) const = default;
+};
+
+// Learnable activation: act(h) = sum_k a_k phi_k(h).
+struct LaSpec {
+  std::vector<std::string> dictionary = {"relu", "gelu", "silu", "relu2"};
+  std::string granularity = "layer";  // layer: a [K] per layer | channel: a [K, ffn_hidden] per layer
+  std::string base;                   // entry whose coefficient starts at 1 (others 0); "" in JSON = dictionary[0]
+  bool gated = false;                 // Type-II: act(h_gate) * h_up (two up matrices)
+
+  bool operator==(const LaSpec&) const = default;
+};
+
+// Mixture of activations: act_t(h) = sum_k alpha_{t,k} phi_k(h), alpha = gate(x W_r^T + b_r + c).
+struct MoaSpec {
+  std::vector<std::string> dictionary = {"relu", "gelu", "silu", "relu2"};
+  std::string gate = "softmax";  // softmax | sigmoid
+  std::string base;              // the baseline activation the mixture starts at; "" in JSON = dictionary[0]
+  bool gated = false;            // Type-II: act_t(h_gate) * h_up
+  std::string init = "bias";     // bias: constant logit offset init_logit on base | exact: blended, exactly the base at init
+  double init_logit = 4.0;       // bias init: the base's logit offset (softmax) or +/- offset (sigmoid)
+
+  bool operator==(const MoaSpec&) const = default;
+};
+
+// Sigmoid attention gate computed from the normed block input (weights fused into the QKV projection).
+struct AttnGateSpec {
+  std::string position = "none";         // none | g1 (after SDPA) | g2 (after V) | g5 (after the output projection)
+  std::string granularity = "headwise";  // headwise | elementwise
+  bool bias = false;                     // a learned bias on the gate logits
+
+  bool operator==(const AttnGateSpec&) const = default;
 };
 
 struct ModelSpec {
@@ -37,7 +76,10 @@ struct ModelSpec {
   int64_t n_kv_heads = 0;        // 0 = n_heads (multi-head); fewer = grouped-query attention
   int64_t ffn_hidden = 0;        // 0 = preset default (llama: multiple_of(8/3 d); gpt2: 4 d)
   NormSpec norm;                 // llama: rmsnorm/vector; gpt2: layernorm/vector
-  std::string activation = "swiglu";  // relu | gelu | gelu_tanh | silu | relu2 | swiglu | geglu | reglu
+  std::string activation = "swiglu";  // relu | gelu | gelu_tanh | silu | relu2 | swiglu | geglu | reglu | la | moa
+  LaSpec la;                     // used when activation = la
+  MoaSpec moa;                   // used when activation = moa
+  AttnGateSpec attn_gate;
   std::string position = "rope";      // rope | learned | none
   double rope_theta = 10000.0;
   bool tied_embeddings = false;
@@ -47,7 +89,10 @@ struct ModelSpec {
 
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
-  bool gated_activation() const { return activation == "swiglu" || activation == "geglu" || activation == "reglu"; }
+  bool gated_activation() const {
+    return activation == "swiglu" || activation == "geglu" || activation == "reglu" || (activation == "la" && la.gated) ||
+           (activation == "moa" && moa.gated);
+  }
 
   bool operator==(const ModelSpec&) const = default;
 };
@@ -61,6 +106,18 @@ struct WeightDecayRules {
   bool operator==(const WeightDecayRules&) const = default;
 };
 
+// Weight decay of scale vectors by role (docs/options.md). A scale decays when optim.decay.norm_scales
+// is true or the rule for its role is. input: scales of norms that feed a linear map (and the
+// input-side branch scales); output: output-side scales diag(b), QK-norm scales; direction: the
+// direction v of magnitude-direction scales (the magnitude m follows its role).
+struct ScaleDecayRules {
+  bool input = false;      // unified: true unless given
+  bool output = false;
+  bool direction = false;
+
+  bool operator==(const ScaleDecayRules&) const = default;
+};
+
 struct OptimSpec {
   std::string name = "adamw";
   double lr = 1e-3;          // peak learning rate
@@ -69,6 +126,7 @@ struct OptimSpec {
   double eps = 1e-8;
   double weight_decay = 0.1;
   WeightDecayRules decay;
+  ScaleDecayRules weight_decay_scales;
   double grad_clip = 1.0;    // global L2 norm; 0 disables clipping
 
   bool operator==(const OptimSpec&) const = default;

@@ -195,7 +195,9 @@ class Trainer {
       const bool eval_now = (spec_.training.eval_every > 0 && step % spec_.training.eval_every == 0) || step == total_steps_;
       if (eval_now && val_data_) {
         result.final_val_loss = evaluate();
-        metrics_ << nlohmann::json{{"step", step}, {"val_loss", result.final_val_loss}}.dump() << '\n';
+        nlohmann::json val_line{{"step", step}, {"val_loss", result.final_val_loss}};
+        val_line.update(val_diagnostics_);  // model diagnostics (docs/options.md) on the first validation batch
+        metrics_ << val_line.dump() << '\n';
         if (std::isnan(floor_)) log("step {:>6} | val_loss {:.4f}", step, result.final_val_loss);
         else log("step {:>6} | val_loss {:.4f} | entropy floor {:.4f} (gap {:.4f})", step, result.final_val_loss, floor_,
                  result.final_val_loss - floor_);
@@ -239,6 +241,7 @@ class Trainer {
     for (int64_t i = 0; i < spec_.training.eval_batches; ++i) {
       auto [inputs, targets] = to_tensors(val_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
       total += model_.loss(inputs, targets).item();
+      if (i == 0) val_diagnostics_ = model_.diagnostics(inputs);
     }
     return total / double(spec_.training.eval_batches);
   }
@@ -314,6 +317,7 @@ class Trainer {
   int64_t total_steps_;
   double floor_;
   std::ofstream metrics_;
+  nlohmann::json val_diagnostics_ = nlohmann::json::object();
 };
 
 }  // namespace
