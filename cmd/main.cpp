@@ -1,5 +1,6 @@
 // pretrain: the command-line entry point. Subcommands live in cmd/*.cpp.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <exception>
@@ -10,6 +11,9 @@
 #endif
 
 int main(int argc, char** argv) {
+  // Progress and diagnostics go to stderr; stdout carries results (validate's spec, bench's JSON).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("pretrain"));
+  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
 #ifdef PRETRAIN_WITH_CUDA
   pt::cuda::register_cuda_backend();  // no-op (returns false) without a GPU
 #endif
