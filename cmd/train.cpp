@@ -108,10 +108,9 @@ double flops_per_token(const ModelSpec& m) {
 void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_tflops, const std::string& json_out) {
   const ExperimentSpec spec = resolve_spec(args);
   const Device device = parse_device(spec.training.device);
-  if (spec.training.precision != "fp32")
-    throw std::runtime_error("bench: training.precision \"" + spec.training.precision + "\" is not available in this build");
   Rng rng(spec.training.seed);
   Transformer model(spec.model, rng, DType::f32, device);
+  model.set_execution(execution_options(spec.training));
   AdamW optimizer(model.parameters(), spec.optim);
   auto source = make_batch_source(spec, "train");
   const int64_t tokens_per_step = spec.training.tokens_per_step(spec.model.seq_len);
@@ -141,6 +140,8 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   const double tokens_per_s = double(tokens_per_step) / median;
   const double tflops = flops_per_token(spec.model) * tokens_per_s / 1e12;
   nlohmann::json out = {{"spec", spec.name},
+                        {"precision", spec.training.precision},
+                        {"recompute", spec.training.recompute},
                         {"device", device.str()},
                         {"backend", backend_for(device).name()},
                         {"parameters", model.num_parameters()},

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "core/autograd.h"
+#include "core/memory_ops.h"
 #include "core/ops.h"
 #include "core/options_ops.h"
 
@@ -241,7 +242,9 @@ const Tensor& Transformer::param(const std::string& name) const {
 
 Tensor Transformer::maybe_param(const std::string& name) const {
   auto it = index_.find(name);
-  return it == index_.end() ? Tensor() : params_[it->second].value;
+  if (it == index_.end()) return Tensor();
+  const Tensor& master = params_[it->second].value;
+  return execution_.compute_dtype ? ops::cast(master, *execution_.compute_dtype) : master;
 }
 
 int64_t Transformer::num_parameters() const {
@@ -257,7 +260,7 @@ void Transformer::zero_grad() {
 Tensor Transformer::scale_value(const std::string& name) const {
   if (spec_.norm.reparam == "magnitude_direction") {
     const Tensor m = maybe_param(name + "_magnitude");
-    return m.defined() ? opt::magnitude_direction(m, param(name + "_direction")) : Tensor();
+    return m.defined() ? opt::magnitude_direction(m, use(name + "_direction")) : Tensor();
   }
   const Tensor g = maybe_param(name);
   if (g.defined() && spec_.norm.scale == "zero_centered") return ops::add_scalar(g, 1.0);
@@ -272,7 +275,7 @@ Tensor Transformer::norm(const Tensor& x, const std::string& prefix) const {
 
 Tensor Transformer::project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
                             const std::vector<std::pair<std::string, int64_t>>& branches, const Tensor& bias) const {
-  const Tensor& w = param(linear_prefix + ".weight");
+  const Tensor& w = use(linear_prefix + ".weight");
   std::vector<int64_t> rows;
   std::vector<Tensor> in_scales, out_scales;
   for (const auto& [name, n] : branches) {
@@ -313,7 +316,7 @@ Tensor Transformer::attention(const Tensor& x, const std::string& prefix) const 
   if (position == "g2") v = opt::apply_head_gate(v, gate_logits);
   Tensor y = ops::causal_attention(q, k, v);
   if (position == "g1") y = opt::apply_head_gate(y, gate_logits);
-  Tensor out = ops::linear(ops::reshape(y, {B, T, hq * hd}), param(prefix + ".out.weight"), maybe_param(prefix + ".out.bias"));
+  Tensor out = ops::linear(ops::reshape(y, {B, T, hq * hd}), use(prefix + ".out.weight"), maybe_param(prefix + ".out.bias"));
   if (position == "g5")
     out = ops::reshape(opt::apply_head_gate(ops::reshape(out, {B, T, hq, hd}), gate_logits), {B, T, spec_.d_model});
   if (diag_) {
@@ -340,18 +343,18 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
   }
   const std::string& act = spec_.activation;
   if (act == "la") {
-    h = opt::learnable_activation(h, dictionary_ops(spec_.la.dictionary), param(prefix + ".act.coef"));
+    h = opt::learnable_activation(h, dictionary_ops(spec_.la.dictionary), use(prefix + ".act.coef"));
     if (gated) h = ops::mul(h, up);
   } else if (act == "moa") {
     const int64_t K = dictionary_size(spec_);
-    const Tensor logits = project(x, prefix + ".router", prefix, {{"router", K}}, param(prefix + ".router.bias"));
+    const Tensor logits = project(x, prefix + ".router", prefix, {{"router", K}}, use(prefix + ".router.bias"));
     const Tensor alpha = opt::moa_gate(logits, spec_.moa.gate == "sigmoid");
     const std::vector<UnaryOp> dictionary = dictionary_ops(spec_.moa.dictionary);
     Tensor mixed = opt::mixture_of_activations(h, dictionary, alpha);
     if (spec_.moa.init == "exact") {  // phi_base + s * (mixture - phi_base), s starts at 0
       const UnaryOp base = opt::dictionary_op(spec_.moa.base);
       const Tensor phi_base = base == UnaryOp::identity ? h : ops::unary(base, h);
-      mixed = ops::add(phi_base, ops::mul(ops::sub(mixed, phi_base), param(prefix + ".moa.blend")));
+      mixed = ops::add(phi_base, ops::mul(ops::sub(mixed, phi_base), use(prefix + ".moa.blend")));
     }
     h = gated ? ops::mul(mixed, up) : mixed;
     if (diag_) {
@@ -377,7 +380,7 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
   } else {
     h = ops::unary(activation_op(act), h);
   }
-  return ops::linear(h, param(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"));
+  return ops::linear(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"));
 }
 
 nlohmann::json Transformer::diagnostics(const Tensor& tokens) const {
@@ -412,33 +415,69 @@ nlohmann::json Transformer::diagnostics(const Tensor& tokens) const {
   return j;
 }
 
-Tensor Transformer::forward(const Tensor& tokens) const {
+Tensor Transformer::hidden(const Tensor& tokens) const {
   if (tokens.ndim() != 2)
-    throw std::invalid_argument("Transformer::forward: tokens must be [batch, seq], got " + shape_str(tokens.shape()));
-  const int64_t B = tokens.size(0), T = tokens.size(1);
+    throw std::invalid_argument("Transformer: tokens must be [batch, seq], got " + shape_str(tokens.shape()));
+  const int64_t T = tokens.size(1);
   if (T > spec_.seq_len && spec_.position == "learned")
-    throw std::invalid_argument("Transformer::forward: sequence of " + std::to_string(T) +
-                                " tokens exceeds model.seq_len " + std::to_string(spec_.seq_len));
-  Tensor h = ops::embedding(tokens, param("embed.weight"));
+    throw std::invalid_argument("Transformer: sequence of " + std::to_string(T) + " tokens exceeds model.seq_len " +
+                                std::to_string(spec_.seq_len));
+  Tensor h = ops::embedding(tokens, use("embed.weight"));
   if (spec_.position == "learned") {
-    const Tensor& table = param("pos_embed.weight");
+    const Tensor table = use("pos_embed.weight");
     std::vector<int32_t> positions(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) positions[size_t(t)] = static_cast<int32_t>(t);
     h = ops::add(h, ops::embedding(Tensor::from_vector(positions, {T}, table.device()), table));
   }
   for (int64_t l = 0; l < spec_.n_layers; ++l) {
     const std::string p = "blocks." + std::to_string(l);
-    h = ops::add(h, attention(norm(h, p + ".attn_norm"), p + ".attn"));
-    h = ops::add(h, mlp(norm(h, p + ".mlp_norm"), p + ".mlp"));
+    auto block = [this, p](const std::vector<Tensor>& in) {
+      Tensor x = ops::add(in[0], attention(norm(in[0], p + ".attn_norm"), p + ".attn"));
+      return ops::add(x, mlp(norm(x, p + ".mlp_norm"), p + ".mlp"));
+    };
+    h = execution_.recompute_blocks ? ops::recompute(block, {h}) : block({h});
   }
-  h = norm(h, "final_norm");
-  const Tensor& head = spec_.tied_embeddings ? param("embed.weight") : param("lm_head.weight");
-  return ops::reshape(ops::linear(h, head), {B * T, spec_.vocab_size});
+  return norm(h, "final_norm");
+}
+
+Tensor Transformer::head_weight() const {
+  const Tensor w = use(spec_.tied_embeddings ? "embed.weight" : "lm_head.weight");
+  const Tensor out_scale = scale_value("lm_head.out_scale");
+  if (!out_scale.defined()) return w;
+  return opt::scaled_weight(w, {spec_.vocab_size}, {Tensor()}, {out_scale});
+}
+
+Tensor Transformer::forward(const Tensor& tokens) const {
+  const Tensor h = hidden(tokens);
+  return ops::reshape(ops::linear(h, head_weight()), {h.size(0) * h.size(1), spec_.vocab_size});
 }
 
 Tensor Transformer::loss(const Tensor& tokens, const Tensor& targets) const {
-  const Tensor logits = forward(tokens);
-  return ops::cross_entropy(logits, ops::reshape(targets, {targets.numel()}).detach());
+  const Tensor h = hidden(tokens);
+  const int64_t rows = h.size(0) * h.size(1);
+  const Tensor flat_targets = targets.contiguous().view({targets.numel()});
+  return ops::chunked_lm_loss(ops::reshape(h, {rows, spec_.d_model}), head_weight(), flat_targets,
+                              execution_.loss_chunk_rows);
+}
+
+ExecutionOptions execution_options(const TrainingSpec& training) {
+  ExecutionOptions options;
+  if (training.precision == "bf16") options.compute_dtype = DType::bf16;
+  options.recompute_blocks = training.recompute == "full";
+  options.loss_chunk_rows = training.loss_chunk_rows;
+  return options;
+}
+
+void Transformer::set_execution(const ExecutionOptions& options) {
+  if (options.compute_dtype && !is_floating(*options.compute_dtype))
+    throw std::invalid_argument(std::string("compute dtype must be floating, got ") + dtype_name(*options.compute_dtype));
+  execution_ = options;
+}
+
+Tensor Transformer::use(const std::string& name) const {
+  const Tensor p = maybe_param(name);
+  if (!p.defined()) throw std::out_of_range("model has no parameter \"" + name + "\"");
+  return p;
 }
 
 }  // namespace pt

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,17 @@ struct Parameter {
   Tensor value;  // requires_grad; its .grad holds the accumulated gradient
 };
 
+// How the model executes (not what it computes): set from the spec's training section.
+struct ExecutionOptions {
+  // Unset: compute in the parameters' dtype. bf16: parameters are cast from their f32 masters at each use.
+  std::optional<DType> compute_dtype;
+  bool recompute_blocks = false;     // activation recomputation, one segment per block
+  int64_t loss_chunk_rows = 0;       // > 0: LM head + loss in chunks of this many rows
+};
+
+// The execution options a spec's training section asks for.
+ExecutionOptions execution_options(const TrainingSpec& training);
+
 class Transformer {
  public:
   // Allocates and initialises every parameter from `rng` (one forked stream per parameter, so
@@ -68,6 +80,9 @@ class Transformer {
   // (the mean over channels with per-channel coefficients). See docs/options.md.
   nlohmann::json diagnostics(const Tensor& tokens) const;
 
+  void set_execution(const ExecutionOptions& options);
+  const ExecutionOptions& execution() const { return execution_; }
+
   const ModelSpec& spec() const { return spec_; }
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }
@@ -80,7 +95,11 @@ class Transformer {
   Tensor norm_over_last(const Tensor& x, const std::string& prefix) const;  // QK-norm (no bias)
   Tensor attention(const Tensor& x, const std::string& prefix) const;
   Tensor mlp(const Tensor& x, const std::string& prefix) const;
-  Tensor maybe_param(const std::string& name) const;  // undefined when absent
+  // Parameters as the forward pass uses them (cast to the compute dtype): undefined when absent / throws.
+  Tensor maybe_param(const std::string& name) const;
+  Tensor use(const std::string& name) const;
+  Tensor hidden(const Tensor& tokens) const;  // final-normed hidden states [B, T, d]
+  Tensor head_weight() const;                 // the LM head [vocab, d] (tied or not, with its output scale)
   Tensor scale_value(const std::string& name) const;  // effective scale vector g, undefined when absent
   // linear(x, diag(b) W diag(g)) over the branches of a fused projection named `linear_prefix`.
   Tensor project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
@@ -90,6 +109,7 @@ class Transformer {
   mutable Diagnostics* diag_ = nullptr;  // set while diagnostics() runs
 
   ModelSpec spec_;
+  ExecutionOptions execution_;
   std::vector<Parameter> params_;
   std::map<std::string, size_t> index_;
 };

@@ -39,6 +39,7 @@ constexpr std::string_view kSchedules[] = {"constant", "cosine", "linear", "wsd"
 constexpr std::string_view kDataSources[] = {"synthetic", "shards"};
 constexpr std::string_view kDevices[] = {"cpu", "cuda"};
 constexpr std::string_view kPrecisions[] = {"fp32", "bf16"};
+constexpr std::string_view kRecompute[] = {"none", "full"};
 
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 constexpr int64_t kMaxDim = int64_t{1} << 24;  // bound on sizes, so derived sizes cannot overflow
@@ -427,6 +428,8 @@ TrainingSpec parse_training(ObjectReader r) {
   r.read("seed", t.seed);
   r.read("eval_every", t.eval_every, 0);
   r.read("eval_batches", t.eval_batches, 1);
+  r.read_choice("recompute", t.recompute, kRecompute);
+  r.read("loss_chunk_rows", t.loss_chunk_rows, 0);
   r.reject_unknown();
   return t;
 }
@@ -776,6 +779,7 @@ nlohmann::json to_json(const ExperimentSpec& s) {
       {"device", t.device},           {"precision", t.precision}, {"micro_batch", t.micro_batch},
       {"grad_accum", t.grad_accum},   {"steps", t.steps},         {"tokens", t.tokens},
       {"seed", t.seed},               {"eval_every", t.eval_every}, {"eval_batches", t.eval_batches},
+      {"recompute", t.recompute},     {"loss_chunk_rows", t.loss_chunk_rows},
   };
   j["checkpoint"] = {{"every", s.checkpoint.every}, {"keep_last", s.checkpoint.keep_last}};
   j["logging"] = {{"every", s.logging.every}};

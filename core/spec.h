@@ -168,6 +168,8 @@ struct TrainingSpec {
   uint64_t seed = 1;              // parameter init and data order
   int64_t eval_every = 100;       // steps between validation passes; 0 = only at the end
   int64_t eval_batches = 4;       // micro-batches per validation pass
+  std::string recompute = "none"; // none | full (activation recomputation, one segment per block)
+  int64_t loss_chunk_rows = 0;    // > 0: LM head + cross-entropy over this many rows at a time
 
   int64_t tokens_per_step(int64_t seq_len) const { return micro_batch * grad_accum * seq_len; }
 

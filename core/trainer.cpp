@@ -139,9 +139,7 @@ class Trainer {
         val_data_(make_batch_source(spec, "val")),
         total_steps_(spec.total_steps()),
         floor_(entropy_floor(spec)) {
-    if (spec.training.precision != "fp32")
-      throw std::runtime_error("training.precision \"" + spec.training.precision +
-                               "\" needs the CUDA backend's mixed-precision path, which this build does not provide yet");
+    model_.set_execution(execution_options(spec.training));
     if (train_data_->vocab_size() > spec.model.vocab_size)
       throw std::runtime_error("data produces token ids up to " + std::to_string(train_data_->vocab_size() - 1) +
                                " but model.vocab_size is " + std::to_string(spec.model.vocab_size));
