@@ -1,4 +1,5 @@
 // The pretrain executable: exit codes and messages a user sees.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -75,4 +76,22 @@ TEST_CASE("cli: asking for an unavailable device is a clear error", "[cli]") {
   INFO(r.output);
   CHECK(r.exit_code != 0);
   CHECK(r.output.find("training.device") != std::string::npos);
+}
+
+TEST_CASE("scripts/sweep expands a grid into resumable train commands", "[cli]") {
+  const std::string sweep = std::string(PRETRAIN_SOURCE_DIR) + "/scripts/sweep";
+  const std::string spec = std::string(PRETRAIN_SOURCE_DIR) + "/configs/default.json";
+  FILE* pipe = popen(("python3 " + sweep + " " + spec +
+                      " --grid optim.lr=1e-3,3e-3 --grid training.seed=1,2,3 --set training.steps=5 --name s 2>&1")
+                         .c_str(),
+                     "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  CHECK(pclose(pipe) == 0);
+  INFO(out);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 6);
+  CHECK(out.find("--run-dir runs/s/005-lr=3e-3-seed=3 --resume --set training.steps=5 --set optim.lr=3e-3 "
+                 "--set training.seed=3") != std::string::npos);
 }
