@@ -46,7 +46,7 @@ template <class T, class L>
 __global__ void attention_forward_kernel(AttnDims dm, const T* q, const T* k, const T* v, double scale, T* out,
                                          L* lse) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* qs = reinterpret_cast<A*>(smem_raw) + warp * dm.D;
   const int64_t rows = dm.B * dm.Hq * dm.T;
@@ -112,7 +112,7 @@ template <class T, class L>
 __global__ void attention_dq_kernel(AttnDims dm, const T* q, const T* k, const T* v, const L* lse,
                                     const acc_t<T>* delta, const T* dout, double scale, T* dq) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* qs = reinterpret_cast<A*>(smem_raw) + warp * 2 * dm.D;
   A* gs = qs + dm.D;
@@ -160,7 +160,7 @@ template <class T, class L>
 __global__ void attention_dkdv_kernel(AttnDims dm, const T* q, const T* k, const T* v, const L* lse,
                                       const acc_t<T>* delta, const T* dout, double scale, T* dk, T* dv) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* ks = reinterpret_cast<A*>(smem_raw) + warp * 2 * dm.D;
   A* vs = ks + dm.D;

@@ -44,9 +44,13 @@ CudaBackend::CudaBackend() {
 void CudaBackend::sync_and_check() {
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   DeviceError err{};
-  CUDA_CHECK(cudaMemcpy(&err, device_error_, sizeof err, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpyAsync(&err, device_error_, sizeof err, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (err.code == kNoError) return;
-  CUDA_CHECK(cudaMemset(device_error_, 0, sizeof(DeviceError)));
+  // Cleared on stream_: a plain cudaMemset runs on the legacy default stream, which does not
+  // order with the non-blocking stream_, so a later kernel's report could race with the clear.
+  CUDA_CHECK(cudaMemsetAsync(device_error_, 0, sizeof(DeviceError), stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
   switch (err.code) {
     case kBadEmbeddingId:
       throw std::out_of_range("embedding: token id " + std::to_string(err.value) + " at position " +

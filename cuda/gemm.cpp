@@ -12,6 +12,7 @@
 // One 64 MiB workspace, allocated at start-up. Descriptors and the heuristic's algorithm are
 // cached per problem (shape, transposes, strides, dtype, pointer alignment). When cuBLASLt has no
 // algorithm (or PRETRAIN_GEMM=cublas, or k == 0) the call falls back to cublasGemmStridedBatchedEx.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -157,7 +158,10 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     throw std::invalid_argument("gemm: dimensions exceed the 32-bit cuBLAS fallback");
   const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const int lda = static_cast<int>(trans_b ? k : n), ldb = static_cast<int>(trans_a ? m : k), ldc = static_cast<int>(n);
+  // cuBLAS requires ld >= max(1, rows): with k == 0 the natural ld of a non-transposed a (or a
+  // transposed b) is 0, which cuBLAS rejects with CUBLAS_STATUS_INVALID_VALUE.
+  const int lda = static_cast<int>(std::max<int64_t>(1, trans_b ? k : n));
+  const int ldb = static_cast<int>(std::max<int64_t>(1, trans_a ? m : k)), ldc = static_cast<int>(n);
   const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
   const void* alpha_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&alpha) : &alpha_f;
   const void* beta_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&beta) : &beta_f;

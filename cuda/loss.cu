@@ -18,7 +18,7 @@ __device__ __forceinline__ void online_add(A& m, A& s, A x) {
   if (x > m) {
     s = s * exp(m - x) + A(1);  // exp(-inf) = 0 on the first element
     m = x;
-  } else {
+  } else if (x != A(-INFINITY)) {  // x = m = -inf would add exp(nan): a -inf logit contributes 0
     s += exp(x - m);
   }
 }

@@ -317,6 +317,35 @@ TEST_CASE("cuda: gemm, all transposes, batched, alpha and beta", "[gpu][cuda]") 
   }
 }
 
+TEST_CASE("cuda: gemm with k == 0 and on misaligned views", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("gemm edge cases");
+  // k == 0: c = beta * c (the cuBLAS fallback; leading dims must stay >= 1).
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("k == 0, trans_a " << ta << " trans_b " << tb);
+      Tensor c = randn({5, 7}, 43);
+      Tensor c_gpu = c.to(kGpu);
+      Tensor empty_a = Tensor::empty({0}, DType::f32, kGpu), empty_b = Tensor::empty({0}, DType::f32, kGpu);
+      backend_for(kGpu).gemm(ta, tb, 5, 7, 0, 1.0, empty_a, empty_b, -1.25, c_gpu);
+      CHECK(rel_err(c_gpu, ops::scale(c, -1.25)) < 1e-7);
+    }
+  // Operands at odd element offsets (views): cuBLASLt must pick algorithms for the real alignment.
+  const int64_t m = 19, n = 23, k = 17;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    INFO(dtype_name(dt));
+    Tensor a = randn({m * k + 3}, 44).to(dt), b = randn({k * n + 5}, 45).to(dt), c = randn({m * n + 1}, 46).to(dt);
+    Tensor c_ref = c.narrow_view(0, 1, m * n).to(DType::f32).clone();  // never a view of c
+    backend_for(kCpu).gemm(false, true, m, n, k, 1.0, a.narrow_view(0, 3, m * k).to(DType::f32).contiguous(),
+                           b.narrow_view(0, 5, k * n).to(DType::f32).contiguous(), 0.5, c_ref);
+    Tensor ag = a.to(kGpu), bg = b.to(kGpu), cg = c.to(kGpu);
+    Tensor c_view = cg.narrow_view(0, 1, m * n);
+    backend_for(kGpu).gemm(false, true, m, n, k, 1.0, ag.narrow_view(0, 3, m * k), bg.narrow_view(0, 5, k * n), 0.5,
+                           c_view);
+    CHECK(rel_err(c_view.contiguous(), c_ref) < tolerance(dt));
+    CHECK(rel_err(cg.narrow_view(0, 0, 1).contiguous(), c.narrow_view(0, 0, 1).contiguous()) == 0.0);  // untouched
+  }
+}
+
 TEST_CASE("cuda: linear with bias (forward and backward)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("linear");
   check_parity("linear", [](const std::vector<Tensor>& in) {
@@ -448,6 +477,26 @@ TEST_CASE("cuda: cross-entropy with ignored targets (forward and backward)", "[g
       return std::vector<Tensor>{ops::cross_entropy(in[0], in[1], rows - rows / 5)};
     }, {randn({rows, vocab}, 112, 3.0), ids(targets64)}, {true, false});
   }
+}
+
+TEST_CASE("cuda: cross-entropy with -inf logits (masked vocabulary entries)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("cross entropy -inf");
+  // The first 40 columns of every row are -inf: threads whose whole share starts with -inf must not
+  // turn the row's sum into NaN (exp(-inf - -inf)).
+  const int64_t rows = 4, vocab = 97;
+  std::vector<float> values = randn({rows, vocab}, 113).to_vector<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < 40; ++j) values[size_t(r * vocab + j)] = -INFINITY;
+  Tensor logits = Tensor::from_vector(values, {rows, vocab});
+  Tensor targets = ids(std::vector<int32_t>{50, -1, 96, 41});
+  Tensor lc = logits.clone().set_requires_grad(true), lg = logits.to(kGpu).set_requires_grad(true);
+  Tensor loss_c = ops::cross_entropy(lc, targets), loss_g = ops::cross_entropy(lg, targets.to(kGpu));
+  loss_c.backward();
+  loss_g.backward();
+  INFO("loss cpu " << loss_c.item() << " gpu " << loss_g.item());
+  CHECK(std::isfinite(loss_g.item()));
+  CHECK(std::abs(loss_g.item() - loss_c.item()) < 1e-5 * std::abs(loss_c.item()));
+  CHECK(rel_err(lg.grad(), lc.grad()) < 1e-5);
 }
 
 TEST_CASE("cuda: adamw_step matches the CPU update", "[gpu][cuda]") {
