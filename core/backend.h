@@ -50,8 +50,9 @@ class Backend {
   virtual void affine(const Tensor& x, double scale, double shift, const Tensor& out) = 0;
   // out (x's rank, size 1 on reduced dims) = sum of x over the dims where out has size 1.
   virtual void sum_to(const Tensor& x, const Tensor& out) = 0;
-  // Sum of squares of all elements, as a host double (used for the global grad norm).
-  virtual double sum_squares(const Tensor& x) = 0;
+  // Sum of squares of all elements of all the tensors, as a host double: the global grad norm with a
+  // single device-to-host synchronisation per optimizer step.
+  virtual double sum_squares(const std::vector<Tensor>& xs) = 0;
 
   // ---- fused NN kernels
   // ids [N] (i32 or i64), table [V, D] -> out [N, D]; throws on an id outside [0, V).

@@ -1,6 +1,8 @@
 #include "core/optim.h"
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -56,10 +58,16 @@ AdamW::AdamW(std::vector<Parameter>& params, const OptimSpec& spec) : params_(pa
 OptimizerStepStats AdamW::step(double lr, double grad_scale) {
   NoGradGuard no_grad;
   OptimizerStepStats stats;
-  double sum_squares = 0.0;
+  std::vector<Tensor> grads;
   for (const Parameter& p : params_)
-    if (p.value.grad().defined()) sum_squares += backend_for(p.value.device()).sum_squares(p.value.grad());
+    if (p.value.grad().defined()) grads.push_back(p.value.grad());
+  const double sum_squares = grads.empty() ? 0.0 : backend_for(grads[0].device()).sum_squares(grads);
   stats.grad_norm = std::sqrt(sum_squares) * grad_scale;
+  // A NaN/inf gradient would pass the clipping test (NaN > clip is false) and poison every parameter
+  // and both moments; a checkpoint written afterwards would carry the damage. Refuse before touching anything.
+  if (!std::isfinite(stats.grad_norm))
+    throw std::runtime_error("AdamW: the gradient norm is " + std::to_string(stats.grad_norm) + " at optimizer step " +
+                             std::to_string(step_ + 1) + "; parameters and moments were left unchanged");
   if (spec_.grad_clip > 0.0 && stats.grad_norm > spec_.grad_clip) stats.clip_factor = spec_.grad_clip / (stats.grad_norm + 1e-6);
   ++step_;
   for (size_t i = 0; i < params_.size(); ++i) {

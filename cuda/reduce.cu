@@ -99,17 +99,29 @@ void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
   });
 }
 
-double CudaBackend::sum_squares(const Tensor& x) {
-  const int64_t n = x.numel();
-  if (n == 0) return 0.0;
-  const Tensor xc = x.contiguous();
-  const int blocks = static_cast<int>(std::min<int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads));
-  dispatch_float(x.dtype(), "sum_squares", [&](auto t) {
-    using T = decltype(t);
-    sum_squares_partial_kernel<T><<<blocks, kThreads, 0, stream_>>>(n, ptr<T>(xc), reduce_scratch_);
+double CudaBackend::sum_squares(const std::vector<Tensor>& xs) {
+  // Per tensor: block partials into the scratch, then one block adds them into totals[i]; then one
+  // block adds the totals in order. Stream order makes reusing the scratch safe; one sync at the end.
+  const int64_t count = static_cast<int64_t>(xs.size());
+  if (count == 0) return 0.0;
+  Tensor totals = Tensor::empty({count}, DType::f64, xs[0].device());
+  for (int64_t i = 0; i < count; ++i) {
+    const Tensor xc = xs[size_t(i)].contiguous();
+    const int64_t n = xc.numel();
+    const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads)));
+    if (n == 0) {
+      CUDA_CHECK(cudaMemsetAsync(reduce_scratch_, 0, sizeof(double), stream_));
+    } else {
+      dispatch_float(xc.dtype(), "sum_squares", [&](auto t) {
+        using T = decltype(t);
+        sum_squares_partial_kernel<T><<<blocks, kThreads, 0, stream_>>>(n, ptr<T>(xc), reduce_scratch_);
+        CUDA_CHECK_LAUNCH();
+      });
+    }
+    sum_partials_kernel<<<1, 1024, 0, stream_>>>(blocks, reduce_scratch_, ptr<double>(totals) + i);
     CUDA_CHECK_LAUNCH();
-  });
-  sum_partials_kernel<<<1, 1024, 0, stream_>>>(blocks, reduce_scratch_, reduce_scratch_ + kReduceBlocks);
+  }
+  sum_partials_kernel<<<1, 1024, 0, stream_>>>(static_cast<int>(count), ptr<double>(totals), reduce_scratch_ + kReduceBlocks);
   CUDA_CHECK_LAUNCH();
   CUDA_CHECK(cudaMemcpyAsync(reduce_host_, reduce_scratch_ + kReduceBlocks, sizeof(double), cudaMemcpyDeviceToHost,
                              stream_));

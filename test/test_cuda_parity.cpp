@@ -290,8 +290,8 @@ TEST_CASE("cuda: sum_squares", "[gpu][cuda]") {
     Tensor x = randn({n}, 33);
     for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
       INFO(n << " " << dtype_name(dt));
-      const double ref = backend_for(kCpu).sum_squares(x.to(dt).to(dt == DType::bf16 ? DType::f32 : dt));
-      const double got = backend_for(kGpu).sum_squares(x.to(dt).to(kGpu));
+      const double ref = backend_for(kCpu).sum_squares({x.to(dt).to(dt == DType::bf16 ? DType::f32 : dt), x.to(DType::f32)});
+      const double got = backend_for(kGpu).sum_squares({x.to(dt).to(kGpu), x.to(DType::f32).to(kGpu)});
       CHECK(std::abs(got - ref) <= 1e-9 * ref);
     }
   }

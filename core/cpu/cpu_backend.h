@@ -30,7 +30,7 @@ class CpuBackend final : public Backend {
   void axpby(double alpha, const Tensor& x, double beta, const Tensor& y) override;
   void affine(const Tensor& x, double scale, double shift, const Tensor& out) override;
   void sum_to(const Tensor& x, const Tensor& out) override;
-  double sum_squares(const Tensor& x) override;
+  double sum_squares(const std::vector<Tensor>& xs) override;
 
   void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out) override;
   void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable) override;

@@ -199,13 +199,14 @@ void CpuBackend::sum_to(const Tensor& x, const Tensor& out) {
   });
 }
 
-double CpuBackend::sum_squares(const Tensor& x) {
+double CpuBackend::sum_squares(const std::vector<Tensor>& xs) {
   double total = 0.0;
-  dispatch_floating(x.dtype(), "sum_squares", [&](auto t) {
-    using T = decltype(t);
-    const T* xp = x.data<T>();
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) total += static_cast<double>(xp[i]) * xp[i];
-  });
+  for (const Tensor& x : xs)
+    dispatch_floating(x.dtype(), "sum_squares", [&](auto t) {
+      using T = decltype(t);
+      const T* xp = x.data<T>();
+      for (int64_t i = 0, n = x.numel(); i < n; ++i) total += static_cast<double>(xp[i]) * xp[i];
+    });
   return total;
 }
 
