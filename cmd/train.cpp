@@ -170,7 +170,8 @@ void register_train_commands(CLI::App& app) {
   add_spec_args(train, train_args, false);
   train->add_option("--run-dir", run_dir, "run directory (default: runs/<name>/<timestamp>)");
   train->add_flag("--resume", resume, "continue from the newest valid checkpoint (of the newest run if no --run-dir)");
-  train->add_option("--stop-at", stop_at, "checkpoint and exit after this step (e.g. to fit a job's time limit)");
+  train->add_option("--stop-at", stop_at, "checkpoint and exit after this step (e.g. to fit a job's time limit)")
+      ->check(CLI::NonNegativeNumber);
   train->callback([] { run_train(train_args, run_dir, resume, stop_at); });
 
   auto* validate = app.add_subcommand("validate", "check a spec; print it resolved, with the parameter count");

@@ -142,6 +142,10 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
                                  " for an input of shape " + shape_str(e.leaf->shape));
         accumulate(e.leaf->grad, *g);
       } else if (e.fn) {
+        if (g && g->shape() != e.fn->output_shapes.at(static_cast<size_t>(e.output_nr)))
+          throw std::logic_error(std::string(node->name()) + " produced a gradient " + g->describe() + " for output " +
+                                 std::to_string(e.output_nr) + " of " + e.fn->name() + ", of shape " +
+                                 shape_str(e.fn->output_shapes.at(static_cast<size_t>(e.output_nr))));
         if (g) {
           auto& slots = pending[e.fn.get()];
           slots.resize(static_cast<size_t>(e.fn->num_outputs));

@@ -50,18 +50,24 @@ Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs) {
 }
 
 Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows) {
-  if (h.ndim() != 2 || head.ndim() != 2 || h.size(1) != head.size(1) || targets.shape() != Shape{h.size(0)})
+  if (h.ndim() != 2 || head.ndim() != 2 || h.size(1) == 0 || h.size(1) != head.size(1) || targets.shape() != Shape{h.size(0)})
     throw std::invalid_argument("chunked_lm_loss: h " + shape_str(h.shape()) + ", head " + shape_str(head.shape()) +
                                 ", targets " + shape_str(targets.shape()) +
-                                " (expected h [N, d], head [V, d], targets [N])");
+                                " (expected h [N, d] with d > 0, head [V, d], targets [N])");
   const int64_t rows = h.size(0);
   int64_t num_valid = 0;
   for (int64_t t : targets.to_vector<int64_t>()) num_valid += t != -1;
   if (chunk_rows <= 0 || chunk_rows >= rows) return cross_entropy(linear(h, head), targets, num_valid);
+  // One split of the flattened h into row chunks: its backward assembles dh once, O(N d) in total
+  // (a narrow() per chunk would build a full-size zero gradient per chunk and sum them: O(chunks N d)).
+  const int64_t d = h.size(1);
+  std::vector<int64_t> flat_sizes;
+  for (int64_t start = 0; start < rows; start += chunk_rows) flat_sizes.push_back(std::min(chunk_rows, rows - start) * d);
+  const std::vector<Tensor> h_chunks = split(reshape(h, {1, rows * d}), flat_sizes);
   Tensor total;
-  for (int64_t start = 0; start < rows; start += chunk_rows) {
-    const int64_t n = std::min(chunk_rows, rows - start);
-    Tensor h_chunk = narrow(h, 0, start, n);
+  for (size_t c = 0; c < h_chunks.size(); ++c) {
+    const int64_t start = static_cast<int64_t>(c) * chunk_rows, n = flat_sizes[c] / d;
+    Tensor h_chunk = reshape(h_chunks[c], {n, d});
     Tensor t_chunk = targets.narrow_view(0, start, n).contiguous();
     // Each chunk contributes sum(loss) / num_valid, so the chunks add up to the overall mean.
     Tensor part = recompute(

@@ -327,6 +327,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     fail("linear", "x " + shape_str(x.shape()) + " does not fit weight " + shape_str(weight.shape()) +
                        " (expected x [..., in] and weight [out, in])");
   const int64_t in = weight.size(1), out_features = weight.size(0);
+  if (in == 0) fail("linear", "weight " + shape_str(weight.shape()) + " has no input features");
   if (bias.defined() && bias.shape() != Shape{out_features})
     fail("linear", "bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
   const int64_t rows = x.numel() / in;
@@ -389,9 +390,9 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   check_defined("rms_norm", x, "x");
   check_compatible("rms_norm", {{"x", &x}, {"weight", &weight}});
-  if (x.ndim() < 1 || (weight.defined() && weight.shape() != Shape{x.size(-1)}))
+  if (x.ndim() < 1 || x.size(-1) == 0 || (weight.defined() && weight.shape() != Shape{x.size(-1)}))
     fail("rms_norm", "x " + shape_str(x.shape()) + " and weight " + shape_str(weight.shape()) +
-                         " (expected weight [last dim of x])");
+                         " (expected a non-empty last dim and weight [last dim of x])");
   Tensor xc = x.contiguous();
   Tensor w = weight.defined() ? weight.contiguous() : Tensor();
   const int64_t rows = xc.numel() / xc.size(-1);
@@ -412,7 +413,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   check_defined("layer_norm", x, "x");
   check_compatible("layer_norm", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
   const Shape dim_shape{x.ndim() ? x.size(-1) : 0};
-  if (x.ndim() < 1 || (weight.defined() && weight.shape() != dim_shape) || (bias.defined() && bias.shape() != dim_shape))
+  if (x.ndim() < 1 || x.size(-1) == 0 || (weight.defined() && weight.shape() != dim_shape) || (bias.defined() && bias.shape() != dim_shape))
     fail("layer_norm", "x " + shape_str(x.shape()) + ", weight " + shape_str(weight.shape()) + ", bias " +
                            shape_str(bias.shape()) + " (expected weight and bias [last dim of x])");
   Tensor xc = x.contiguous();
@@ -515,9 +516,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_va
   check_defined("cross_entropy", targets, "targets");
   check_compatible("cross_entropy", {{"logits", &logits}});
   check_ids("cross_entropy", targets, logits.device());
-  if (logits.ndim() != 2 || targets.shape() != Shape{logits.size(0)})
+  if (logits.ndim() != 2 || logits.size(1) == 0 || targets.shape() != Shape{logits.size(0)})
     fail("cross_entropy", "logits " + shape_str(logits.shape()) + " and targets " + shape_str(targets.shape()) +
-                              " (expected logits [N, V] and targets [N])");
+                              " (expected logits [N, V] with V > 0 and targets [N])");
   Tensor lc = logits.contiguous(), tc = targets.contiguous();
   if (num_valid < 0) {
     num_valid = 0;

@@ -506,6 +506,11 @@ void validate(const ExperimentSpec& s, const std::string& source) {
   }
 
   const int64_t total = s.total_steps();
+  int64_t total_tokens = 0;
+  if (__builtin_mul_overflow(total, tokens_per_step, &total_tokens)) {
+    fail_rule("training.steps (" + std::to_string(total) + ") * tokens per step (" + std::to_string(tokens_per_step) +
+              ") does not fit in a 64-bit integer");
+  }
   const ScheduleSpec& sched = s.schedule;
   if (sched.warmup_steps >= total) {
     fail_rule("schedule.warmup_steps (" + std::to_string(sched.warmup_steps) + ") must be less than the total steps (" +

@@ -19,7 +19,9 @@ std::string shape_str(const Shape& s) {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    if (__builtin_mul_overflow(n, d, &n))
+      throw std::overflow_error("tensor shape " + shape_str(s) + " has more elements than fit in 64 bits");
   return n;
 }
 
@@ -47,8 +49,11 @@ const std::shared_ptr<Node> kNoNode;
 std::shared_ptr<TensorImpl> make_impl(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape)
     if (d < 0) throw std::invalid_argument("tensor shape " + shape_str(shape) + " has a negative size");
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(shape_numel(shape)), dtype_size(dtype), &bytes))
+    throw std::overflow_error("tensor shape " + shape_str(shape) + " of " + dtype_name(dtype) + " is too large to allocate");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(bytes, device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -194,14 +199,22 @@ Tensor Tensor::view(const Shape& new_shape) const {
   Shape resolved = new_shape;
   int64_t known = 1, infer = -1;
   for (size_t i = 0; i < resolved.size(); ++i) {
+    if (resolved[i] < -1)
+      throw std::invalid_argument("view(" + shape_str(new_shape) + ") of " + describe() + ": negative size");
     if (resolved[i] == -1) {
       if (infer >= 0) throw std::invalid_argument("view(" + shape_str(new_shape) + "): more than one -1");
       infer = static_cast<int64_t>(i);
     } else {
-      known *= resolved[i];
+      if (__builtin_mul_overflow(known, resolved[i], &known))
+        throw std::invalid_argument("view(" + shape_str(new_shape) + ") of " + describe() + ": element count differs");
     }
   }
-  if (infer >= 0 && known > 0) resolved[static_cast<size_t>(infer)] = numel() / known;
+  if (infer >= 0) {
+    if (known == 0)
+      throw std::invalid_argument("view(" + shape_str(new_shape) + ") of " + describe() +
+                                  ": cannot infer the -1 size next to a zero size");
+    resolved[static_cast<size_t>(infer)] = numel() / known;
+  }
   if (shape_numel(resolved) != numel())
     throw std::invalid_argument("view(" + shape_str(new_shape) + ") of " + describe() + ": element count differs");
   auto impl = std::make_shared<TensorImpl>();
@@ -215,7 +228,7 @@ Tensor Tensor::view(const Shape& new_shape) const {
 
 Tensor Tensor::narrow_view(int64_t dim, int64_t start, int64_t length) const {
   const int64_t d = dim < 0 ? dim + ndim() : dim;
-  if (d < 0 || d >= ndim() || start < 0 || length < 0 || start + length > size(d))
+  if (d < 0 || d >= ndim() || start < 0 || length < 0 || start > size(d) || length > size(d) - start)
     throw std::out_of_range("narrow_view(dim " + std::to_string(dim) + ", " + std::to_string(start) + ", " +
                             std::to_string(length) + ") of " + describe());
   auto impl = std::make_shared<TensorImpl>();

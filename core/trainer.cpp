@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -97,6 +98,22 @@ void restore(const ckpt::Checkpoint& ck, const std::string& name, Tensor& target
   target.copy_from(host);
 }
 
+// A key of a checkpoint's meta document; a missing key is an error naming the file.
+const nlohmann::json& meta_field(const ckpt::Checkpoint& ck, const char* key, const fs::path& file) {
+  if (!ck.meta.is_object() || !ck.meta.contains(key))
+    throw std::runtime_error(file.string() + ": checkpoint meta has no \"" + std::string(key) +
+                             "\" (not a checkpoint written by pretrain train?)");
+  return ck.meta.at(key);
+}
+
+int64_t meta_int(const ckpt::Checkpoint& ck, const char* key, const fs::path& file) {
+  const nlohmann::json& v = meta_field(ck, key, file);
+  if (!v.is_number_integer() || v.get<int64_t>() < 0)
+    throw std::runtime_error(file.string() + ": checkpoint meta \"" + std::string(key) + "\" is " + v.dump() +
+                             ", not a non-negative integer");
+  return v.get<int64_t>();
+}
+
 // Keys (JSON paths) whose values differ between two JSON documents.
 void diff_json(const nlohmann::json& a, const nlohmann::json& b, const std::string& path, std::vector<std::string>& out) {
   if (a.is_object() && b.is_object()) {
@@ -157,6 +174,13 @@ class Trainer {
     if (step == 0) log("{} | {} parameters | {} steps of {} tokens | {}", spec_.name,
                        human_count(double(model_.num_parameters())), total_steps_,
                        spec_.training.tokens_per_step(spec_.model.seq_len), train_data_->describe());
+    if (options_.stop_at_step > 0 && step >= options_.stop_at_step) {
+      // Resumed at or past --stop-at (e.g. a requeued job with the same --stop-at): the checkpoint of
+      // that step is already on disk, so there is nothing to train; one more step would overshoot.
+      log("--stop-at {}: the run is already at step {}; nothing to do", options_.stop_at_step, step);
+      result.final_step = step;
+      return result;
+    }
     metrics_.open(options_.run_dir / "metrics.jsonl", std::ios::app);
     SignalScope signals;
     const auto run_start = std::chrono::steady_clock::now();
@@ -171,13 +195,15 @@ class Trainer {
         loss.backward();
         loss_sum += loss.item();
       }
+      const double loss = loss_sum / double(spec_.training.grad_accum);
+      // Checked before the update (and AdamW refuses a non-finite gradient norm), so no checkpoint
+      // ever holds parameters damaged by a NaN/inf step.
+      if (!std::isfinite(loss))
+        throw std::runtime_error("loss became " + std::to_string(loss) + " at step " + std::to_string(step + 1) +
+                                 " (lr " + std::to_string(lr) + "); the last checkpoint is intact");
       const OptimizerStepStats stats = optimizer_.step(lr, 1.0 / double(spec_.training.grad_accum));
       model_.zero_grad();
       ++step;
-      const double loss = loss_sum / double(spec_.training.grad_accum);
-      if (!std::isfinite(loss))
-        throw std::runtime_error("loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
-                                 " (lr " + std::to_string(lr) + "); the last checkpoint is intact");
       result.train_losses.push_back(loss);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
@@ -279,7 +305,21 @@ class Trainer {
                                " (see the warnings above); refusing to overwrite the run");
     }
     const auto& [file, ck] = *latest;
-    const nlohmann::json saved_spec = ck.meta.at("spec");
+    // Checkpoints newer than the one loaded were rejected as invalid. Move them aside: otherwise they
+    // count towards checkpoint.keep_last and pruning could delete the valid ones written from here on.
+    const int64_t loaded_step = meta_int(ck, "step", file);
+    const auto listed = ckpt::list_checkpoints(dir);
+    const auto loaded_entry = std::find_if(listed.begin(), listed.end(), [&](const auto& e) { return e.second == file; });
+    for (auto it = loaded_entry == listed.end() ? listed.end() : std::next(loaded_entry); it != listed.end(); ++it) {
+      const fs::path& newer_file = it->second;
+      fs::path aside = newer_file;
+      aside += ".rejected";
+      std::error_code ec;
+      fs::rename(newer_file, aside, ec);
+      if (ec) throw std::runtime_error("--resume: cannot move the invalid checkpoint " + newer_file.string() + " aside: " + ec.message());
+      spdlog::warn("moved the invalid checkpoint {} aside to {}", newer_file.string(), aside.string());
+    }
+    const nlohmann::json saved_spec = meta_field(ck, "spec", file);
     std::vector<std::string> model_diff, other_diff;
     diff_json(saved_spec.at("model"), to_json(spec_).at("model"), "model", model_diff);
     if (!model_diff.empty()) {
@@ -296,9 +336,9 @@ class Trainer {
       restore(ck, "optim/m/" + params[i].info.name, optimizer_.first_moments()[i], file);
       restore(ck, "optim/v/" + params[i].info.name, optimizer_.second_moments()[i], file);
     }
-    optimizer_.set_step_count(ck.meta.at("optimizer_step").get<int64_t>());
-    train_data_->load_state(ck.meta.at("train_data"));
-    const int64_t step = ck.meta.at("step").get<int64_t>();
+    optimizer_.set_step_count(meta_int(ck, "optimizer_step", file));
+    train_data_->load_state(meta_field(ck, "train_data", file));
+    const int64_t step = loaded_step;
     truncate_metrics(options_.run_dir / "metrics.jsonl", step);
     log("resumed from {} at step {}/{}", file.string(), step, total_steps_);
     return step;

@@ -97,8 +97,15 @@ nlohmann::json MarkovSource::state() const { return {{"rng", rng_.serialize()}, 
 void MarkovSource::load_state(const nlohmann::json& state) {
   if (!state.contains("rng") || !state.contains("current"))
     throw std::invalid_argument("synthetic source state must have \"rng\" and \"current\", got " + state.dump());
-  rng_.deserialize(state.at("rng").get<std::string>());
-  current_ = state.at("current").get<int32_t>();
+  const nlohmann::json& current = state.at("current");
+  if (!state.at("rng").is_string() || !current.is_number_integer() || current.get<int64_t>() < 0 ||
+      current.get<int64_t>() >= chain_.vocab_size())
+    throw std::invalid_argument("synthetic source state " + state.dump() + ": \"rng\" must be a string and \"current\" a token in [0, " +
+                                std::to_string(chain_.vocab_size()) + ")");
+  Rng rng;
+  rng.deserialize(state.at("rng").get<std::string>());
+  rng_ = rng;  // only once the whole state is known to be valid
+  current_ = static_cast<int32_t>(current.get<int64_t>());
 }
 
 std::string MarkovSource::describe() const {

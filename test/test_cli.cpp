@@ -71,6 +71,17 @@ TEST_CASE("cli: train runs, checkpoints, and resumes through the command line", 
   fs::remove_all(dir);
 }
 
+TEST_CASE("cli: a negative --stop-at is rejected, not silently ignored", "[cli]") {
+  const fs::path dir = fs::temp_directory_path() / ("pretrain_cli_stop_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const Run r = run("train --run-dir " + dir.string() + " --set training.steps=2 --set schedule.warmup_steps=1 --stop-at -1");
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK(r.output.find("--stop-at") != std::string::npos);
+  CHECK(!fs::exists(dir / "metrics.jsonl"));  // nothing was trained
+  fs::remove_all(dir);
+}
+
 TEST_CASE("cli: asking for an unavailable device is a clear error", "[cli]") {
   const Run r = run("validate " + std::string(PRETRAIN_SOURCE_DIR) + "/configs/default.json --set training.device=\\\"tpu\\\"");
   INFO(r.output);

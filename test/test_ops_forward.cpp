@@ -1,5 +1,9 @@
 // Forward values of the fused ops against straightforward compositions / closed forms.
 #include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "test/catch.h"
 #include "test/gradcheck.h"
@@ -119,4 +123,51 @@ TEST_CASE("autograd: fan-out accumulates, no_grad records nothing, leaf grads ac
   ops::sum(ops::scale(a, 5.0)).backward();
   CHECK(a.grad().item() == 6.0);
   CHECK(b.grad().item() == 1.0);
+}
+
+TEST_CASE("shape math: overflowing shapes and negative view sizes are errors, not UB", "[tensor]") {
+  // 2^40 * 2^40 elements do not fit in int64: must not wrap to a small allocation.
+  CHECK_THROWS_AS(Tensor::empty({int64_t{1} << 40, int64_t{1} << 40}), std::overflow_error);
+  // 2^61 f64 elements fit in int64 but their byte count does not fit in size_t.
+  CHECK_THROWS_AS(Tensor::empty({int64_t{1} << 61}, DType::f64), std::overflow_error);
+  Tensor x = Tensor::zeros({4});
+  // (-2) * (-2) == 4 elements, but a negative size is never a valid shape.
+  CHECK_THROWS_AS(x.view({-2, -2}), std::invalid_argument);
+  CHECK_THROWS_AS(ops::reshape(x, {-2, -2}), std::invalid_argument);
+  // -1 next to a zero size is ambiguous; it must not leave a -1 in the shape.
+  Tensor empty = Tensor::zeros({0, 3});
+  CHECK_THROWS_AS(empty.view({0, -1}), std::invalid_argument);
+  CHECK(empty.view({3, 0}).shape() == Shape{3, 0});
+  CHECK(x.view({2, -1}).shape() == Shape{2, 2});
+  // narrow_view bounds cannot be defeated by overflow of start + length.
+  CHECK_THROWS_AS(x.narrow_view(0, 2, std::numeric_limits<int64_t>::max()), std::out_of_range);
+}
+
+TEST_CASE("ops with an empty reduction dim fail with a message instead of dividing by zero", "[ops]") {
+  const Tensor x = Tensor::zeros({2, 0});
+  CHECK_THROWS_AS(ops::linear(x, Tensor::zeros({3, 0})), std::invalid_argument);
+  CHECK_THROWS_AS(ops::rms_norm(x, Tensor(), 1e-5), std::invalid_argument);
+  CHECK_THROWS_AS(ops::layer_norm(x, Tensor(), Tensor(), 1e-5), std::invalid_argument);
+  CHECK_THROWS_AS(ops::cross_entropy(x, Tensor::from_vector<int32_t>({0, 0}, {2})), std::invalid_argument);
+}
+
+TEST_CASE("autograd: a backward that returns a wrong-shaped gradient for a non-leaf input is named", "[autograd]") {
+  struct WrongShapeNode final : Node {
+    const char* name() const override { return "wrong_shape"; }
+    std::vector<Tensor> backward(const std::vector<Tensor>&) override { return {Tensor::zeros({3}, DType::f64)}; }
+  };
+  Tensor x = Tensor::from_vector<double>({1.0, 2.0}, {2});
+  x.set_requires_grad(true);
+  const Tensor y = ops::scale(x, 2.0);  // non-leaf [2]
+  Tensor z = Tensor::zeros({2}, DType::f64);
+  record(std::make_shared<WrongShapeNode>(), {y}, {z});
+  std::string message;
+  try {
+    ops::sum(z).backward();
+  } catch (const std::logic_error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  // The culprit is the node that produced the gradient, not the consumer that later trips over it.
+  CHECK(message.find("wrong_shape") != std::string::npos);
 }

@@ -241,6 +241,9 @@ TEST_CASE("cross-field rules name the keys involved", "[spec]") {
   CHECK(contains(spec_error(default_with({"data.synthetic.support=65"})),
                  "data.synthetic.support (65) must not exceed model.vocab_size (64)"));
   CHECK(contains(spec_error(default_with({"training.micro_batch=16777216", "training.grad_accum=16777216", "model.seq_len=16777216"})), "too large"));
+  // The run's token count (steps * tokens per step, logged per step in metrics.jsonl) must fit too.
+  CHECK(contains(spec_error(default_with({"training.steps=4611686018427387904"})),
+                 "training.steps (4611686018427387904) * tokens per step (1024) does not fit"));
 }
 
 TEST_CASE("total_steps derives steps from a token budget", "[spec]") {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "core/checkpoint.h"
 #include "core/model.h"
@@ -82,6 +83,13 @@ TEST_CASE("synthetic Markov source: state round trip continues the same stream",
   const auto got = b.next(4, 16);
   CHECK(got.inputs == expected.inputs);
   CHECK(got.targets == expected.targets);
+  // A state whose current token is outside the vocabulary would index past the transition table.
+  nlohmann::json bad = state;
+  bad["current"] = 64;
+  CHECK_THROWS_AS(b.load_state(bad), std::invalid_argument);
+  bad["current"] = -1;
+  CHECK_THROWS_AS(b.load_state(bad), std::invalid_argument);
+  CHECK(b.next(4, 16).inputs == a.next(4, 16).inputs);  // a rejected state leaves the source as it was
 }
 
 TEST_CASE("learning-rate schedules", "[optim]") {
@@ -297,4 +305,79 @@ TEST_CASE("resume is bit-exact on token shards too (loader position in the check
   train(spec, b);
   CHECK(train_losses(root / "resumed") == train_losses(root / "straight"));
   fs::remove_all(root);
+}
+
+TEST_CASE("stop_at at or before the resumed step trains nothing (a requeued job does not overshoot)", "[e2e][resume]") {
+  const fs::path dir = fresh_dir("stop_at_again");
+  const ExperimentSpec spec = spec_with({"training.steps=10", "schedule.warmup_steps=2", "checkpoint.every=4"});
+  TrainOptions options;
+  options.run_dir = dir;
+  options.quiet = true;
+  options.stop_at_step = 4;  // also a periodic checkpoint step
+  CHECK(train(spec, options).final_step == 4);
+  options.resume = true;  // the same command again, e.g. a requeued Slurm task
+  const TrainResult again = train(spec, options);
+  CHECK(again.start_step == 4);
+  CHECK(again.final_step == 4);
+  CHECK(again.train_losses.empty());
+  CHECK(!fs::exists(ckpt::checkpoint_file(dir / "checkpoints", 5)));
+  CHECK(train_losses(dir).size() == 4);
+  options.stop_at_step = 0;
+  CHECK(train(spec, options).final_step == 10);
+  CHECK(train_losses(dir).size() == 10);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("resume moves rejected newer checkpoints aside so keep_last never prunes the valid ones", "[e2e][resume]") {
+  const fs::path dir = fresh_dir("prune_after_corrupt");
+  const ExperimentSpec spec = spec_with({"training.steps=20", "schedule.warmup_steps=2", "checkpoint.every=5",
+                                         "checkpoint.keep_last=2"});
+  TrainOptions options;
+  options.run_dir = dir;
+  options.quiet = true;
+  options.stop_at_step = 12;
+  train(spec, options);  // checkpoints 10 and 12 (5 pruned)
+  const fs::path newest = ckpt::checkpoint_file(dir / "checkpoints", 12);
+  REQUIRE(fs::exists(newest));
+  {
+    std::fstream f(newest, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(newest) / 2));
+    f.put('\x5a');
+  }
+  // Resume from 10 with keep_last 1 and stop at 11: pruning must keep step 11, not the corrupt 12.
+  options.resume = true;
+  options.stop_at_step = 11;
+  const TrainResult second = train(spec_with({"training.steps=20", "schedule.warmup_steps=2", "checkpoint.every=5",
+                                              "checkpoint.keep_last=1"}),
+                                   options);
+  CHECK(second.start_step == 10);
+  CHECK(second.final_step == 11);
+  const auto listed = ckpt::list_checkpoints(dir / "checkpoints");
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].first == 11);
+  CHECK(fs::exists(fs::path(newest.string() + ".rejected")));  // kept for inspection, out of the way
+  options.stop_at_step = 0;
+  const TrainResult third = train(spec, options);
+  CHECK(third.start_step == 11);
+  CHECK(third.final_step == 20);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("AdamW refuses a non-finite gradient instead of poisoning parameters and moments", "[optim]") {
+  std::vector<Parameter> params;
+  Tensor w = Tensor::from_vector<double>({1.0, -2.0}, {2});
+  w.set_requires_grad(true);
+  w.set_grad(Tensor::from_vector<double>({std::numeric_limits<double>::infinity(), 0.5}, {2}));
+  params.push_back({{"w", {2}, ParamKind::matrix, 0.0, 0.0}, w});
+  OptimSpec o;  // grad_clip 1.0: NaN > 1.0 is false, so clipping alone would not catch it
+  AdamW opt(params, o);
+  CHECK_THROWS_AS(opt.step(0.01), std::runtime_error);
+  const auto v = w.to_vector<double>();
+  CHECK(v[0] == 1.0);
+  CHECK(v[1] == -2.0);
+  CHECK(opt.first_moments()[0].to_vector<double>() == std::vector<double>{0.0, 0.0});
+  CHECK(opt.step_count() == 0);
+  w.set_grad(Tensor::from_vector<double>({std::nan(""), 0.5}, {2}));
+  CHECK_THROWS_AS(opt.step(0.01), std::runtime_error);
+  CHECK(w.to_vector<double>()[0] == 1.0);
 }
