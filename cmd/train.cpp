@@ -47,6 +47,17 @@ std::string timestamp() {
   return buf;
 }
 
+// A fresh runs/<name>/<timestamp>[-N] directory, created atomically so two runs started in the same
+// second (e.g. array tasks) never share one.
+fs::path new_run_dir(const fs::path& parent) {
+  fs::create_directories(parent);
+  const std::string stamp = timestamp();
+  for (int n = 0;; ++n) {
+    const fs::path candidate = parent / (n == 0 ? stamp : stamp + "-" + std::to_string(n));
+    if (fs::create_directory(candidate)) return candidate;
+  }
+}
+
 // Newest run directory under runs/<name>/ (names are timestamps, so they sort by time).
 fs::path latest_run_dir(const fs::path& parent) {
   fs::path best;
@@ -63,7 +74,7 @@ void run_train(const SpecArgs& args, const std::string& run_dir, bool resume, in
   options.resume = resume;
   options.stop_at_step = stop_at;
   const fs::path parent = fs::path("runs") / spec.name;
-  options.run_dir = !run_dir.empty() ? fs::path(run_dir) : resume ? latest_run_dir(parent) : parent / timestamp();
+  options.run_dir = !run_dir.empty() ? fs::path(run_dir) : resume ? latest_run_dir(parent) : new_run_dir(parent);
   spdlog::info("run directory {}", options.run_dir.string());
   const TrainResult result = train(spec, options);
   if (!result.interrupted && result.final_step >= spec.total_steps() && !std::isnan(result.final_val_loss)) {

@@ -130,6 +130,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     std::vector<Tensor> grad_inputs;
     if (any) {
       grad_inputs = node->backward(grad_outputs);
+      node->release();
       if (grad_inputs.size() != node->inputs.size())
         throw std::logic_error(std::string(node->name()) + " backward returned the wrong number of gradients");
     }

@@ -29,6 +29,10 @@ struct Node {
   // Undefined grad_outputs (no gradient flowed) are passed as undefined Tensors; a Node may
   // return an undefined Tensor for inputs that get no gradient.
   virtual std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) = 0;
+  // Frees what backward needed (saved activations). run_backward calls it once a Node has run, so
+  // activations are released during the backward pass instead of when the loss goes out of scope;
+  // a second backward through the same graph is then an error.
+  virtual void release() {}
 
   std::vector<Edge> inputs;
   int num_outputs = 1;

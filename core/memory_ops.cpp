@@ -13,6 +13,7 @@ struct RecomputeNode final : Node {
   RecomputeNode(SegmentFn f, std::vector<Tensor> saved) : fn(std::move(f)), saved_inputs(std::move(saved)) {}
   const char* name() const override { return "recompute"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    if (!fn) throw std::logic_error("recompute: backward through a graph a second time");
     std::vector<Tensor> inputs;
     for (const Tensor& t : saved_inputs) {
       Tensor leaf = t.detach();
@@ -28,6 +29,10 @@ struct RecomputeNode final : Node {
     std::vector<Tensor> grads;
     for (const Tensor& in : inputs) grads.push_back(in.defined() ? in.grad() : Tensor());
     return grads;
+  }
+  void release() override {
+    fn = nullptr;
+    saved_inputs.clear();
   }
   SegmentFn fn;
   std::vector<Tensor> saved_inputs;

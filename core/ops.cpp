@@ -17,7 +17,13 @@ using BackwardFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)
 struct FunctionNode final : Node {
   FunctionNode(const char* op, BackwardFn fn) : op_name(op), backward_fn(std::move(fn)) {}
   const char* name() const override { return op_name; }
-  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override { return backward_fn(grad_outputs); }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    if (!backward_fn)
+      throw std::logic_error(std::string(op_name) +
+                             ": backward through a graph a second time (its saved tensors were freed by the first)");
+    return backward_fn(grad_outputs);
+  }
+  void release() override { backward_fn = nullptr; }
   const char* op_name;
   BackwardFn backward_fn;
 };

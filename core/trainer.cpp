@@ -26,7 +26,15 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<int> stop_signal{0};
-extern "C" void on_stop_signal(int sig) { stop_signal = sig; }
+// First SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one: give up at once.
+extern "C" void on_stop_signal(int sig) {
+  if (stop_signal != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  stop_signal = sig;
+}
 
 // Installs SIGINT/SIGTERM handlers for the scope of a training run (Slurm sends SIGTERM before
 // killing a job): the loop finishes its step, writes a checkpoint and returns.
@@ -297,8 +305,17 @@ class Trainer {
       spdlog::warn("skipping checkpoint: {}", reason);
     });
     if (!latest) {
-      if (ckpt::list_checkpoints(dir).empty() && !fs::exists(options_.run_dir / "metrics.jsonl")) {
-        log("--resume: no checkpoint in {}, starting from scratch", dir.string());
+      if (ckpt::list_checkpoints(dir).empty()) {
+        // Nothing to resume from (e.g. the job was killed before its first checkpoint): start over,
+        // so a requeued job makes progress instead of failing forever. Metrics of the lost steps go.
+        const fs::path metrics = options_.run_dir / "metrics.jsonl";
+        if (fs::exists(metrics)) {
+          spdlog::warn("--resume: no checkpoint in {}; starting from scratch and discarding {}", dir.string(),
+                       metrics.string());
+          fs::remove(metrics);
+        } else {
+          log("--resume: no checkpoint in {}, starting from scratch", dir.string());
+        }
         return 0;
       }
       throw std::runtime_error("--resume: no valid checkpoint in " + dir.string() +
@@ -340,7 +357,8 @@ class Trainer {
     train_data_->load_state(meta_field(ck, "train_data", file));
     const int64_t step = loaded_step;
     truncate_metrics(options_.run_dir / "metrics.jsonl", step);
-    log("resumed from {} at step {}/{}", file.string(), step, total_steps_);
+    log("resumed from {} at step {}/{}{}", file.string(), step, total_steps_,
+        step >= total_steps_ ? ": the run is already complete" : "");
     return step;
   }
 

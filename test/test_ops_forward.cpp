@@ -171,3 +171,19 @@ TEST_CASE("autograd: a backward that returns a wrong-shaped gradient for a non-l
   // The culprit is the node that produced the gradient, not the consumer that later trips over it.
   CHECK(message.find("wrong_shape") != std::string::npos);
 }
+
+TEST_CASE("autograd: saved tensors are freed during backward; a second backward is a clear error", "[autograd]") {
+  const int64_t before = allocator_for(Device::cpu()).stats().allocated_bytes;
+  Tensor w = random_f64({64, 64}, 30);
+  w.set_requires_grad(true);
+  Tensor x = random_f64({128, 64}, 31);
+  Tensor loss = ops::sum(ops::silu(ops::linear(ops::silu(ops::linear(x, w)), w)));
+  const int64_t with_graph = allocator_for(Device::cpu()).stats().allocated_bytes;
+  loss.backward();
+  w.zero_grad();
+  // The loss (and so the graph's Nodes) is still alive, but the activations they saved are gone.
+  const int64_t after = allocator_for(Device::cpu()).stats().allocated_bytes;
+  CHECK(after < with_graph);
+  CHECK(after - before <= (128 * 64 + 64 * 64 + 1) * 8 + 4096);  // x, w and the scalar loss remain
+  CHECK_THROWS_WITH(loss.backward(), Catch::Contains("second time"));
+}

@@ -381,3 +381,18 @@ TEST_CASE("AdamW refuses a non-finite gradient instead of poisoning parameters a
   CHECK_THROWS_AS(opt.step(0.01), std::runtime_error);
   CHECK(w.to_vector<double>()[0] == 1.0);
 }
+
+TEST_CASE("resume with metrics but no checkpoint (killed before the first one) starts over", "[e2e][resume]") {
+  const fs::path dir = fresh_dir("no_ckpt");
+  fs::create_directories(dir);
+  std::ofstream(dir / "metrics.jsonl") << R"({"step": 1, "loss": 4.0})" << "\n";
+  TrainOptions options;
+  options.run_dir = dir;
+  options.quiet = true;
+  options.resume = true;
+  const TrainResult result = train(spec_with({"training.steps=4", "schedule.warmup_steps=1"}), options);
+  CHECK(result.start_step == 0);
+  CHECK(result.final_step == 4);
+  CHECK(train_losses(dir).size() == 4);  // the stale line is gone
+  fs::remove_all(dir);
+}
