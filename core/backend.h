@@ -19,6 +19,20 @@ enum class GluKind { swiglu, geglu, reglu };  // act(gate) * up with act = silu,
 
 const char* unary_op_name(UnaryOp op);
 
+// The functions phi_k of a learnable / mixed activation (LA, MoA), passed by value to kernels.
+struct ActivationDictionary {
+  static constexpr int kMaxSize = 8;
+  int size = 0;
+  UnaryOp ops[kMaxSize] = {};
+};
+
+// How mixture coefficients c(n, k, f) are laid out for h [N, F] and a dictionary of K entries.
+enum class MixtureCoef {
+  per_row,      // coef [N, K]: one weight per token and entry (MoA's alpha)
+  shared,       // coef [K]: one weight per entry (LA per layer)
+  per_channel,  // coef [K, F]: one weight per entry and channel (LA per channel)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -94,6 +108,15 @@ class Backend {
   virtual void glu_forward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   virtual void glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout,
                             const Tensor& dgate, const Tensor& dup) = 0;
+
+  // Mixture of activations: out[n, f] = sum_k c(n, k, f) * phi_k(h[n, f]), h and out [N, F].
+  virtual void activation_mixture_forward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
+                                          const Tensor& coef, const Tensor& out) = 0;
+  // dh = dout * sum_k c * phi_k'(h) (overwritten); dcoef (coef's shape, overwritten) = sum of
+  // dout * phi_k(h) over the positions that share each coefficient. phi_k is recomputed, not saved.
+  virtual void activation_mixture_backward(const ActivationDictionary& dictionary, MixtureCoef layout,
+                                           const Tensor& h, const Tensor& coef, const Tensor& dout, const Tensor& dh,
+                                           const Tensor& dcoef) = 0;
 
   // Fused log-softmax + negative log-likelihood. logits [N, V], targets [N] (i32/i64; -1 = ignore).
   // losses [N] per-row loss (0 for ignored rows), lse [N] the rows' log-sum-exp.

@@ -517,6 +517,41 @@ Tensor glu(GluKind kind, const Tensor& gate, const Tensor& up) {
   return out;
 }
 
+Tensor activation_mixture(const Tensor& h, const std::vector<UnaryOp>& dictionary, const Tensor& coef,
+                          MixtureCoef layout) {
+  check_defined("activation_mixture", h, "h");
+  check_defined("activation_mixture", coef, "coef");
+  check_compatible("activation_mixture", {{"h", &h}, {"coef", &coef}});
+  const int64_t K = static_cast<int64_t>(dictionary.size());
+  if (K < 1 || K > ActivationDictionary::kMaxSize)
+    fail("activation_mixture", "the dictionary has " + std::to_string(K) + " entries (1 to " +
+                                   std::to_string(ActivationDictionary::kMaxSize) + " supported)");
+  if (h.ndim() < 1 || h.size(-1) == 0) fail("activation_mixture", "h must have a non-empty last dim, got " + shape_str(h.shape()));
+  const int64_t F = h.size(-1);
+  Shape expected;
+  switch (layout) {
+    case MixtureCoef::per_row: expected = h.shape(); expected.back() = K; break;
+    case MixtureCoef::shared: expected = {K}; break;
+    case MixtureCoef::per_channel: expected = {K, F}; break;
+  }
+  if (coef.shape() != expected)
+    fail("activation_mixture", "coef " + shape_str(coef.shape()) + " does not fit h " + shape_str(h.shape()) + " and " +
+                                   std::to_string(K) + " entries (expected " + shape_str(expected) + ")");
+  ActivationDictionary dict;
+  dict.size = static_cast<int>(K);
+  for (int64_t k = 0; k < K; ++k) dict.ops[k] = dictionary[size_t(k)];
+  Tensor hc = h.contiguous(), cc = coef.contiguous();
+  Tensor out = like(hc);
+  be(hc).activation_mixture_forward(dict, layout, hc, cc, out);
+  const Tensor hd = hc.detach(), cd = cc.detach();
+  record_op("activation_mixture", {h, coef}, {out}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dh = like(hd), dcoef = like(cd);
+    be(hd).activation_mixture_backward(dict, layout, hd, cd, g[0].contiguous(), dh, dcoef);
+    return {dh, dcoef};
+  });
+  return out;
+}
+
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_valid) {
   check_defined("cross_entropy", logits, "logits");
   check_defined("cross_entropy", targets, "targets");

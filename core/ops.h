@@ -53,6 +53,12 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, doubl
 Tensor softmax(const Tensor& x);  // over the last dim
 // act(gate) * up for gated FFNs (swiglu: silu, geglu: gelu_tanh, reglu: relu).
 Tensor glu(GluKind kind, const Tensor& gate, const Tensor& up);
+// Mixture of activations sum_k c(n, k, f) * phi_k(h[..., f]) in one pass (phi_k recomputed in the
+// backward, only h and coef saved). h [..., F]; coef per `layout`: per_row [..., K] (same leading
+// dims as h), shared [K], per_channel [K, F]. At most ActivationDictionary::kMaxSize entries.
+Tensor activation_mixture(const Tensor& h, const std::vector<UnaryOp>& dictionary, const Tensor& coef,
+                          MixtureCoef layout);
+
 // Mean negative log-likelihood of targets under softmax(logits), fused with log-softmax.
 // logits [N, V], targets [N] (i32/i64; -1 = ignored). `num_valid` = count of non-ignored
 // targets if the caller knows it (avoids reading targets back from the device), else -1.

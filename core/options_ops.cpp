@@ -20,12 +20,6 @@ UnaryOp dictionary_op(const std::string& name) {
   throw std::invalid_argument("unknown activation dictionary entry \"" + name + "\"");
 }
 
-namespace {
-
-Tensor phi(UnaryOp op, const Tensor& h) { return op == UnaryOp::identity ? h : ops::unary(op, h); }
-
-}  // namespace
-
 Tensor magnitude_direction(const Tensor& m, const Tensor& v) {
   if (v.ndim() != 1) throw std::invalid_argument("magnitude_direction: direction must be a vector, got " + shape_str(v.shape()));
   const Tensor norm = ops::unary(UnaryOp::sqrt, ops::sum(ops::unary(UnaryOp::square, v)));
@@ -78,15 +72,7 @@ Tensor learnable_activation(const Tensor& h, const std::vector<UnaryOp>& diction
   if (coef.ndim() < 1 || coef.ndim() > 2 || coef.size(0) != K || (coef.ndim() == 2 && coef.size(1) != h.size(-1)))
     throw std::invalid_argument("learnable_activation: coefficients " + shape_str(coef.shape()) + " do not fit " +
                                 std::to_string(K) + " entries and h " + shape_str(h.shape()));
-  const int64_t per = coef.ndim() == 2 ? coef.size(1) : 1;
-  std::vector<Tensor> a = K == 1 ? std::vector<Tensor>{ops::reshape(coef, {per})}
-                                 : ops::split(ops::reshape(coef, {K * per}), std::vector<int64_t>(size_t(K), per));
-  Tensor out;
-  for (int64_t k = 0; k < K; ++k) {
-    const Tensor term = ops::mul(phi(dictionary[size_t(k)], h), a[size_t(k)]);
-    out = out.defined() ? ops::add(out, term) : term;
-  }
-  return out;
+  return ops::activation_mixture(h, dictionary, coef, coef.ndim() == 2 ? MixtureCoef::per_channel : MixtureCoef::shared);
 }
 
 Tensor moa_gate(const Tensor& logits, bool sigmoid_gate) { return sigmoid_gate ? ops::sigmoid(logits) : ops::softmax(logits); }
@@ -96,13 +82,7 @@ Tensor mixture_of_activations(const Tensor& h, const std::vector<UnaryOp>& dicti
   if (alpha.size(-1) != K || alpha.ndim() != h.ndim())
     throw std::invalid_argument("mixture_of_activations: alpha " + shape_str(alpha.shape()) + " does not fit " +
                                 std::to_string(K) + " entries and h " + shape_str(h.shape()));
-  std::vector<Tensor> a = K == 1 ? std::vector<Tensor>{alpha} : ops::split(alpha, std::vector<int64_t>(size_t(K), 1));
-  Tensor out;
-  for (int64_t k = 0; k < K; ++k) {
-    const Tensor term = ops::mul(phi(dictionary[size_t(k)], h), a[size_t(k)]);  // [..., F] * [..., 1]
-    out = out.defined() ? ops::add(out, term) : term;
-  }
-  return out;
+  return ops::activation_mixture(h, dictionary, alpha, MixtureCoef::per_row);
 }
 
 Tensor apply_head_gate(const Tensor& y, const Tensor& logits) {

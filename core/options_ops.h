@@ -1,9 +1,9 @@
 // Composite differentiable helpers behind the research options (docs/options.md): scale vectors,
 // learnable and mixed activations, attention gates.
 //
-// Everything here is a composition of the differentiable ops of core/ops.h, so gradients come from
-// those ops' backward passes and every backend that implements core/backend.h runs these options
-// unchanged (no new Backend kernels). The exact formula each helper computes is in docs/options.md.
+// Everything here is a composition of the differentiable ops of core/ops.h (LA and MoA use the fused
+// ops::activation_mixture), so gradients come from those ops' backward passes and every backend that
+// implements core/backend.h runs these options. The exact formula of each helper is in docs/options.md.
 #pragma once
 
 #include <string>

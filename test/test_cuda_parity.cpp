@@ -462,6 +462,20 @@ TEST_CASE("cuda: softmax and gated linear units (forward and backward)", "[gpu][
     }, {randn({37, 101}, 101), randn({37, 101}, 102)});
 }
 
+TEST_CASE("cuda: fused activation mixture, all coefficient layouts (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("activation mixture");
+  const std::vector<UnaryOp> dictionary{UnaryOp::relu, UnaryOp::gelu_tanh, UnaryOp::silu, UnaryOp::relu2};
+  check_parity("mixture per_row", [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::per_row)};
+  }, {randn({3, 29, 67}, 120), randn({3, 29, 4}, 121)});
+  check_parity("mixture shared", [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::shared)};
+  }, {randn({301, 67}, 122), randn({4}, 123)});
+  check_parity("mixture per_channel", [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::per_channel)};
+  }, {randn({301, 67}, 124), randn({4, 67}, 125)});
+}
+
 TEST_CASE("cuda: cross-entropy with ignored targets (forward and backward)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("cross entropy");
   for (int64_t vocab : {97, 128, 50257}) {

@@ -187,3 +187,27 @@ TEST_CASE("autograd: saved tensors are freed during backward; a second backward 
   CHECK(after - before <= (128 * 64 + 64 * 64 + 1) * 8 + 4096);  // x, w and the scalar loss remain
   CHECK_THROWS_WITH(loss.backward(), Catch::Contains("second time"));
 }
+
+TEST_CASE("fused activation mixture equals the composed sum of c_k * phi_k(h)", "[ops]") {
+  const std::vector<UnaryOp> dictionary{UnaryOp::relu, UnaryOp::gelu_erf, UnaryOp::relu2};
+  auto h = random_f64({4, 6}, 50);
+  auto alpha = ops::softmax(random_f64({4, 3}, 51));
+  auto coef = random_f64({3, 6}, 52);
+  Tensor mixed = ops::activation_mixture(h, dictionary, alpha, MixtureCoef::per_row);
+  Tensor per_channel = ops::activation_mixture(h, dictionary, coef, MixtureCoef::per_channel);
+  Tensor ref_mixed, ref_channel;
+  auto parts = ops::split(alpha, {1, 1, 1});
+  for (size_t k = 0; k < dictionary.size(); ++k) {
+    Tensor phi = ops::unary(dictionary[k], h);
+    Tensor a = ops::mul(phi, parts[k]);
+    Tensor c = ops::mul(phi, ops::narrow(coef, 0, int64_t(k), 1));
+    ref_mixed = ref_mixed.defined() ? ops::add(ref_mixed, a) : a;
+    ref_channel = ref_channel.defined() ? ops::add(ref_channel, c) : c;
+  }
+  CHECK(max_abs_diff(mixed, ref_mixed) < 1e-14);
+  CHECK(max_abs_diff(per_channel, ref_channel) < 1e-14);
+  CHECK_THROWS_AS(ops::activation_mixture(h, dictionary, coef, MixtureCoef::per_row), std::invalid_argument);
+  CHECK_THROWS_AS(ops::activation_mixture(h, std::vector<UnaryOp>(9, UnaryOp::relu), random_f64({9}, 1),
+                                          MixtureCoef::shared),
+                  std::invalid_argument);
+}

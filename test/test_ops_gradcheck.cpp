@@ -120,3 +120,17 @@ TEST_CASE("gradcheck: cross entropy with ignored targets", "[ops][gradcheck]") {
   Tensor targets = Tensor::from_vector<int32_t>({3, -1, 8, 0, 3}, {5});
   CHECK_GRAD(gradcheck([targets](auto& in) { return ops::cross_entropy(in[0], targets); }, {logits}));
 }
+
+TEST_CASE("gradcheck: fused activation mixture in all three coefficient layouts", "[ops][gradcheck]") {
+  const std::vector<UnaryOp> dictionary{UnaryOp::relu, UnaryOp::gelu_tanh, UnaryOp::silu, UnaryOp::identity};
+  auto h = random_f64({2, 3, 5}, 40);
+  auto hv = h.data<double>();
+  for (int64_t i = 0; i < h.numel(); ++i)
+    if (std::abs(hv[i]) < 0.05) hv[i] += 0.1;  // away from relu's kink
+  CHECK_GRAD(gradcheck([&](auto& in) { return ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::per_row); },
+                       {h.clone(), random_f64({2, 3, 4}, 41)}));
+  CHECK_GRAD(gradcheck([&](auto& in) { return ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::shared); },
+                       {h.clone(), random_f64({4}, 42)}));
+  CHECK_GRAD(gradcheck([&](auto& in) { return ops::activation_mixture(in[0], dictionary, in[1], MixtureCoef::per_channel); },
+                       {h.clone(), random_f64({4, 5}, 43)}));
+}

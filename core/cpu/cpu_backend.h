@@ -53,6 +53,11 @@ class CpuBackend final : public Backend {
   void glu_forward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& out) override;
   void glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout, const Tensor& dgate,
                     const Tensor& dup) override;
+  void activation_mixture_forward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
+                                  const Tensor& coef, const Tensor& out) override;
+  void activation_mixture_backward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
+                                   const Tensor& coef, const Tensor& dout, const Tensor& dh,
+                                   const Tensor& dcoef) override;
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
                              const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss,

@@ -276,6 +276,65 @@ void CpuBackend::glu_backward(GluKind kind, const Tensor& gate, const Tensor& up
   });
 }
 
+namespace {
+// Index of coefficient c(n, k, f) in its tensor.
+inline int64_t coef_index(MixtureCoef layout, int64_t n, int64_t k, int64_t f, int64_t K, int64_t F) {
+  switch (layout) {
+    case MixtureCoef::per_row: return n * K + k;
+    case MixtureCoef::shared: return k;
+    case MixtureCoef::per_channel: return k * F + f;
+  }
+  return 0;
+}
+}  // namespace
+
+void CpuBackend::activation_mixture_forward(const ActivationDictionary& dictionary, MixtureCoef layout,
+                                            const Tensor& h, const Tensor& coef, const Tensor& out) {
+  const int64_t F = h.size(-1), N = h.numel() / F, K = dictionary.size;
+  dispatch_floating(h.dtype(), "activation_mixture", [&](auto t) {
+    using T = decltype(t);
+    const T* hp = h.data<T>();
+    const T* cp = coef.data<T>();
+    T* op = out.data<T>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t f = 0; f < F; ++f) {
+        const T x = hp[n * F + f];
+        T acc = 0;
+        for (int64_t k = 0; k < K; ++k) acc += cp[coef_index(layout, n, k, f, K, F)] * act::forward(dictionary.ops[k], x);
+        op[n * F + f] = acc;
+      }
+  });
+}
+
+void CpuBackend::activation_mixture_backward(const ActivationDictionary& dictionary, MixtureCoef layout,
+                                             const Tensor& h, const Tensor& coef, const Tensor& dout,
+                                             const Tensor& dh, const Tensor& dcoef) {
+  const int64_t F = h.size(-1), N = h.numel() / F, K = dictionary.size;
+  dispatch_floating(h.dtype(), "activation_mixture_backward", [&](auto t) {
+    using T = decltype(t);
+    const T* hp = h.data<T>();
+    const T* cp = coef.data<T>();
+    const T* gp = dout.data<T>();
+    T* dhp = dh.data<T>();
+    std::vector<double> dc(static_cast<size_t>(dcoef.numel()), 0.0);  // summed in a fixed order
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t f = 0; f < F; ++f) {
+        const T x = hp[n * F + f], g = gp[n * F + f];
+        T dx = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          T y, dy;
+          act::value_and_derivative(dictionary.ops[k], x, y, dy);
+          const int64_t ci = coef_index(layout, n, k, f, K, F);
+          dx += cp[ci] * dy;
+          dc[size_t(ci)] += static_cast<double>(g * y);
+        }
+        dhp[n * F + f] = g * dx;
+      }
+    T* dcp = dcoef.data<T>();
+    for (size_t i = 0; i < dc.size(); ++i) dcp[i] = static_cast<T>(dc[i]);
+  });
+}
+
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
                                        const Tensor& lse) {
   const int64_t rows = logits.size(0), vocab = logits.size(1);
