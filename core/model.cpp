@@ -130,15 +130,6 @@ GluKind glu_kind(const std::string& activation) {
   return GluKind::reglu;
 }
 
-UnaryOp activation_op(const std::string& activation) {
-  if (activation == "relu") return UnaryOp::relu;
-  if (activation == "gelu") return UnaryOp::gelu_erf;
-  if (activation == "gelu_tanh") return UnaryOp::gelu_tanh;
-  if (activation == "silu") return UnaryOp::silu;
-  if (activation == "relu2") return UnaryOp::relu2;
-  throw std::invalid_argument("model.activation: unknown activation \"" + activation + "\"");
-}
-
 }  // namespace
 
 std::vector<ParamInfo> parameter_table(const ModelSpec& spec) {
@@ -378,7 +369,7 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
   } else if (gated) {
     h = ops::glu(glu_kind(act), h, up);
   } else {
-    h = ops::unary(activation_op(act), h);
+    h = ops::unary(opt::dictionary_op(act), h);
   }
   return ops::linear(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"));
 }

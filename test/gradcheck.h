@@ -66,6 +66,15 @@ inline GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Te
   return result;
 }
 
+// CHECK that a gradcheck passed, reporting the worst element when it did not.
+#define CHECK_GRAD(result)                      \
+  do {                                          \
+    auto r_ = (result);                         \
+    INFO("worst: " << r_.worst);                \
+    INFO("max abs error " << r_.max_abs_error); \
+    CHECK(r_.ok);                               \
+  } while (0)
+
 inline Tensor random_f64(const Shape& shape, uint64_t seed, double std = 1.0) {
   Rng rng(seed);
   return Tensor::randn(shape, rng, std, DType::f64);

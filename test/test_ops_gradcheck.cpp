@@ -6,14 +6,6 @@ using namespace pt;
 using pt::test::gradcheck;
 using pt::test::random_f64;
 
-#define CHECK_GRAD(result)                  \
-  do {                                      \
-    auto r_ = (result);                     \
-    INFO("worst: " << r_.worst);            \
-    INFO("max abs error " << r_.max_abs_error); \
-    CHECK(r_.ok);                           \
-  } while (0)
-
 TEST_CASE("gradcheck: binary ops with broadcasting", "[ops][gradcheck]") {
   auto a = random_f64({2, 3, 4}, 1);
   auto b = random_f64({3, 1}, 2);

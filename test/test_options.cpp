@@ -15,14 +15,6 @@ using namespace pt;
 using pt::test::gradcheck;
 using pt::test::random_f64;
 
-#define CHECK_GRAD(result)                      \
-  do {                                          \
-    auto r_ = (result);                         \
-    INFO("worst: " << r_.worst);                \
-    INFO("max abs error " << r_.max_abs_error); \
-    CHECK(r_.ok);                               \
-  } while (0)
-
 namespace {
 
 // Moves values away from the kinks of relu/relu2 at 0 so finite differences are valid.
