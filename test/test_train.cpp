@@ -271,7 +271,7 @@ TEST_CASE("a fresh run refuses to reuse a run directory", "[e2e]") {
   options.stop_at_step = 1;
   train(spec_with({"training.steps=5", "schedule.warmup_steps=2"}), options);
   options.stop_at_step = 0;
-  CHECK_THROWS_WITH(train(spec_with({"training.steps=5", "schedule.warmup_steps=2"}), options), Catch::Contains("--resume"));
+  CHECK_THROWS_WITH(train(spec_with({"training.steps=5", "schedule.warmup_steps=2"}), options), pt::test::contains("--resume"));
   fs::remove_all(dir);
 }
 
