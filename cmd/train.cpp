@@ -130,7 +130,7 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
       auto batch = source->next(spec.training.micro_batch, spec.model.seq_len);
       Tensor inputs = Tensor::from_vector(batch.inputs, {batch.batch, batch.seq}, device);
       Tensor targets = Tensor::from_vector(batch.targets, {batch.batch, batch.seq}, device);
-      model.loss(inputs, targets).backward();
+      model.loss(inputs, targets, targets.numel()).backward();
     }
     optimizer.step(spec.optim.lr, 1.0 / double(spec.training.grad_accum));
     model.zero_grad();

@@ -54,14 +54,17 @@ Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs) {
   return output;
 }
 
-Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows) {
+Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows,
+                       int64_t num_valid) {
   if (h.ndim() != 2 || head.ndim() != 2 || h.size(1) == 0 || h.size(1) != head.size(1) || targets.shape() != Shape{h.size(0)})
     throw std::invalid_argument("chunked_lm_loss: h " + shape_str(h.shape()) + ", head " + shape_str(head.shape()) +
                                 ", targets " + shape_str(targets.shape()) +
                                 " (expected h [N, d] with d > 0, head [V, d], targets [N])");
   const int64_t rows = h.size(0);
-  int64_t num_valid = 0;
-  for (int64_t t : targets.to_vector<int64_t>()) num_valid += t != -1;
+  if (num_valid < 0) {
+    num_valid = 0;
+    for (int64_t t : targets.to_vector<int64_t>()) num_valid += t != -1;
+  }
   if (chunk_rows <= 0 || chunk_rows >= rows) return cross_entropy(linear(h, head), targets, num_valid);
   // One split of the flattened h into row chunks: its backward assembles dh once, O(N d) in total
   // (a narrow() per chunk would build a full-size zero gradient per chunk and sum them: O(chunks N d)).

@@ -21,8 +21,10 @@ Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs);
 // Mean cross-entropy of the LM head `head` [V, d] applied to hidden states h [N, d] against
 // targets [N] (-1 = ignored), computed `chunk_rows` rows at a time as recompute segments: the
 // logits of one chunk exist at a time, in forward and in backward. chunk_rows <= 0 or >= N is the
-// plain unchunked loss.
-Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows);
+// plain unchunked loss. `num_valid` = count of non-ignored targets when the caller knows it (saves
+// reading the targets back from the device), else -1.
+Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows,
+                       int64_t num_valid = -1);
 
 // x converted to `dtype` (floating); the gradient is converted back to x's dtype. Used for
 // mixed precision: bf16 working copies of f32 master weights.

@@ -443,12 +443,12 @@ Tensor Transformer::forward(const Tensor& tokens) const {
   return ops::reshape(ops::linear(h, head_weight()), {h.size(0) * h.size(1), spec_.vocab_size});
 }
 
-Tensor Transformer::loss(const Tensor& tokens, const Tensor& targets) const {
+Tensor Transformer::loss(const Tensor& tokens, const Tensor& targets, int64_t num_valid) const {
   const Tensor h = hidden(tokens);
   const int64_t rows = h.size(0) * h.size(1);
   const Tensor flat_targets = targets.contiguous().view({targets.numel()});
   return ops::chunked_lm_loss(ops::reshape(h, {rows, spec_.d_model}), head_weight(), flat_targets,
-                              execution_.loss_chunk_rows);
+                              execution_.loss_chunk_rows, num_valid);
 }
 
 ExecutionOptions execution_options(const TrainingSpec& training) {

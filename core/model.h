@@ -71,8 +71,9 @@ class Transformer {
 
   // tokens [B, T] (i32) -> logits [B * T, vocab]
   Tensor forward(const Tensor& tokens) const;
-  // Mean next-token cross-entropy; targets [B, T] (i32).
-  Tensor loss(const Tensor& tokens, const Tensor& targets) const;
+  // Mean next-token cross-entropy; targets [B, T] (i32; -1 = ignored). `num_valid` = number of
+  // non-ignored targets if known (avoids reading targets back from the device), else -1.
+  Tensor loss(const Tensor& tokens, const Tensor& targets, int64_t num_valid = -1) const;
 
   // Diagnostics on one batch (no autograd), as JSON keys for the validation line of metrics.jsonl:
   // attn_sink_share [per layer]; with an attention gate attn_gate_mean [per layer]; with MoA

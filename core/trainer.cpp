@@ -199,7 +199,7 @@ class Trainer {
       double loss_sum = 0.0;
       for (int64_t micro = 0; micro < spec_.training.grad_accum; ++micro) {
         auto [inputs, targets] = to_tensors(train_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
-        Tensor loss = model_.loss(inputs, targets);
+        Tensor loss = model_.loss(inputs, targets, targets.numel());
         loss.backward();
         loss_sum += loss.item();
       }
@@ -272,7 +272,7 @@ class Trainer {
     double total = 0.0;
     for (int64_t i = 0; i < spec_.training.eval_batches; ++i) {
       auto [inputs, targets] = to_tensors(val_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
-      total += model_.loss(inputs, targets).item();
+      total += model_.loss(inputs, targets, targets.numel()).item();
       if (i == 0) val_diagnostics_ = model_.diagnostics(inputs);
     }
     return total / double(spec_.training.eval_batches);

@@ -15,7 +15,7 @@ struct TokenBatch {
   int64_t batch = 0;
   int64_t seq = 0;
   std::vector<int32_t> inputs;   // [batch, seq]
-  std::vector<int32_t> targets;  // [batch, seq]: inputs shifted left by one token
+  std::vector<int32_t> targets;  // [batch, seq]: inputs shifted left by one token (never -1: no masking)
 };
 
 class BatchSource {
