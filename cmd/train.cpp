@@ -34,10 +34,16 @@ void add_spec_args(CLI::App* cmd, SpecArgs& args, bool required) {
 }
 
 ExperimentSpec resolve_spec(const SpecArgs& args) {
-  if (!args.spec_path.empty()) return load_spec(args.spec_path, args.overrides);
-  nlohmann::json j = default_spec_json();
-  for (const auto& o : args.overrides) apply_override(j, o);
-  return parse_spec(j, "<embedded default spec>");
+  ExperimentSpec spec;
+  if (!args.spec_path.empty()) {
+    spec = load_spec(args.spec_path, args.overrides);
+  } else {
+    nlohmann::json j = default_spec_json();
+    for (const auto& o : args.overrides) apply_override(j, o);
+    spec = parse_spec(j, "<embedded default spec>");
+  }
+  for (const std::string& message : inert_settings(spec)) spdlog::warn("{}", message);
+  return spec;
 }
 
 std::string timestamp() {

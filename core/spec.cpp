@@ -667,6 +667,29 @@ ExperimentSpec parse_spec(const nlohmann::json& j, const std::string& source) {
   return s;
 }
 
+std::vector<std::string> inert_settings(const ExperimentSpec& s) {
+  std::vector<std::string> out;
+  ExperimentSpec defaults;
+  // parse_spec resolves an empty base to the dictionary's first entry; compare against that.
+  defaults.model.la.base = defaults.model.la.dictionary.front();
+  defaults.model.moa.base = defaults.model.moa.dictionary.front();
+  const ModelSpec& m = s.model;
+  if (m.activation != "la" && !(m.la == defaults.model.la))
+    out.push_back("model.la is set but model.activation is " + quote(m.activation) + ", not \"la\": it has no effect");
+  if (m.activation != "moa" && !(m.moa == defaults.model.moa))
+    out.push_back("model.moa is set but model.activation is " + quote(m.activation) + ", not \"moa\": it has no effect");
+  if (m.attn_gate.position == "none" && !(m.attn_gate == defaults.model.attn_gate))
+    out.push_back("model.attn_gate.granularity/bias are set but model.attn_gate.position is \"none\": no gate is built");
+  if (m.position != "rope" && m.rope_theta != defaults.model.rope_theta)
+    out.push_back("model.rope_theta is set but model.position is " + quote(m.position) + ": it has no effect");
+  if (s.schedule.type != "wsd" && s.schedule.decay_fraction != defaults.schedule.decay_fraction)
+    out.push_back("schedule.decay_fraction is set but schedule.type is " + quote(s.schedule.type) +
+                  ", not \"wsd\": it has no effect");
+  if (s.schedule.type == "constant" && s.schedule.min_lr_ratio != defaults.schedule.min_lr_ratio)
+    out.push_back("schedule.min_lr_ratio is set but schedule.type is \"constant\": it has no effect");
+  return out;
+}
+
 ExperimentSpec load_spec(const std::string& path, const std::vector<std::string>& overrides) {
   json j = parse_json_text(read_file(path), path);
   for (const std::string& assignment : overrides) apply_override(j, assignment);

@@ -216,6 +216,10 @@ ExperimentSpec load_spec(const std::string& path, const std::vector<std::string>
 // Apply one `a.b.c=value` override to a JSON document (creating objects as needed).
 void apply_override(nlohmann::json& j, const std::string& assignment);
 
+// Settings that differ from their defaults but have no effect in this configuration (e.g. model.la.*
+// without model.activation "la"), one message each naming the keys; the CLI prints them as warnings.
+std::vector<std::string> inert_settings(const ExperimentSpec& s);
+
 // The fully resolved spec (every key, defaults filled in); parse_spec(to_json(s)) == s.
 nlohmann::json to_json(const ExperimentSpec& s);
 
