@@ -54,8 +54,11 @@ void* CachingAllocator::allocate(size_t bytes) {
     }
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      throw std::runtime_error("CUDA out of memory: cudaMalloc of " + std::to_string(size) + " bytes failed (" +
-                               cudaGetErrorString(err) + "); allocated " + mib(stats_.allocated_bytes) +
+      // Only a real allocation failure is "out of memory"; anything else (typically a sticky error
+      // left by an earlier faulting kernel) is reported under its own name.
+      throw std::runtime_error(std::string(err == cudaErrorMemoryAllocation ? "CUDA out of memory: " : "CUDA error: ") +
+                               "cudaMalloc of " + std::to_string(size) + " bytes failed (" + cudaGetErrorName(err) +
+                               ": " + cudaGetErrorString(err) + "); allocated " + mib(stats_.allocated_bytes) +
                                ", reserved " + mib(stats_.reserved_bytes) + ", peak " +
                                mib(stats_.peak_allocated_bytes));
     }
@@ -94,7 +97,9 @@ void CachingAllocator::release_cached() {
 }
 
 void CachingAllocator::release_cached_locked() {
-  // cudaFree synchronises the device, so queued kernels still using a cached block finish first.
+  // Cached blocks may still be read/written by queued kernels (they were freed on the host, not on
+  // the stream): wait for the device explicitly rather than rely on cudaFree's implicit sync.
+  if (!free_blocks_.empty()) CUDA_CHECK(cudaDeviceSynchronize());
   for (auto& [size, ptr] : free_blocks_) {
     CUDA_CHECK(cudaFree(ptr));
     stats_.reserved_bytes -= static_cast<int64_t>(size);

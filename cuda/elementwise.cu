@@ -3,9 +3,10 @@
 //
 // Strided operands (views with any strides, zero strides for broadcast) go through
 // StridedMeta: the host merges contiguous dims, the kernel turns a linear index into per-operand
-// offsets. Dense operands take a fast path; the contiguous maps (axpby, affine, glu, unary
-// backward) use 128-bit loads/stores when every pointer is 16-byte aligned. Math is in fp32 for
-// f32/bf16 (fp64 for f64) with the scalar formulas of core/activation_math.h, as on the CPU.
+// offsets. Dense operands (unary and binary whose operands merge to one dense dim, axpby, affine,
+// glu, the backwards) go through one vectorised map kernel: 128-bit loads/stores when every
+// pointer is 16-byte aligned. Math is in fp32 for f32/bf16 (fp64 for f64) with the scalar
+// formulas of core/activation_math.h, as on the CPU.
 #include "core/activation_math.h"
 #include "cuda/common.cuh"
 
@@ -80,31 +81,68 @@ __global__ void binary_kernel(StridedMeta<3> meta, int64_t n, BinaryOp op, const
 }
 
 // ---------------------------------------------------------------- contiguous maps
-// out[i] = f(a[i], b[i]) over dense arrays; 128-bit packs when `vec` (all pointers 16-byte aligned).
-template <class T, class F>
-__global__ void map2_kernel(int64_t n, bool vec, const T* a, const T* b, T* out, F f) {
+// Dense maps over NI inputs and NO outputs of n elements: (out_0..)[i] = f(in_0[i], ..). 128-bit
+// packs when `vec` (every pointer 16-byte aligned; the n % P tail is scalar). f is called on
+// T values as `f(const T (&x)[NI], T (&y)[NO])`. Outputs may alias inputs (same index only).
+template <class T, int NI, int NO>
+struct MapPtrs {
+  const T* in[NI];
+  T* out[NO];
+};
+
+template <class T, int NI, int NO, class F>
+__global__ void map_kernel(int64_t n, bool vec, MapPtrs<T, NI, NO> p, F f) {
   constexpr int P = Pack<T>::size;
   const int64_t nvec = vec ? n / P : 0;
   PT_GRID_STRIDE(i, nvec) {
-    const Pack<T> pa = reinterpret_cast<const Pack<T>*>(a)[i];
-    const Pack<T> pb = reinterpret_cast<const Pack<T>*>(b)[i];
-    Pack<T> po;
+    Pack<T> pin[NI], pout[NO];
 #pragma unroll
-    for (int j = 0; j < P; ++j) po.v[j] = f(pa.v[j], pb.v[j]);
-    reinterpret_cast<Pack<T>*>(out)[i] = po;
+    for (int k = 0; k < NI; ++k) pin[k] = reinterpret_cast<const Pack<T>*>(p.in[k])[i];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      T x[NI], y[NO];
+#pragma unroll
+      for (int k = 0; k < NI; ++k) x[k] = pin[k].v[j];
+      f(x, y);
+#pragma unroll
+      for (int k = 0; k < NO; ++k) pout[k].v[j] = y[k];
+    }
+#pragma unroll
+    for (int k = 0; k < NO; ++k) reinterpret_cast<Pack<T>*>(p.out[k])[i] = pout[k];
   }
   PT_GRID_STRIDE(i, n - nvec * P) {
-    const int64_t k = nvec * P + i;
-    out[k] = f(a[k], b[k]);
+    const int64_t e = nvec * P + i;
+    T x[NI], y[NO];
+#pragma unroll
+    for (int k = 0; k < NI; ++k) x[k] = p.in[k][e];
+    f(x, y);
+#pragma unroll
+    for (int k = 0; k < NO; ++k) p.out[k][e] = y[k];
   }
 }
 
+template <class T, int NI, int NO, class F>
+void launch_map(cudaStream_t stream, int64_t n, MapPtrs<T, NI, NO> p, F f) {
+  if (n == 0) return;
+  bool vec = true;
+  for (int k = 0; k < NI; ++k) vec = vec && aligned16(p.in[k]);
+  for (int k = 0; k < NO; ++k) vec = vec && aligned16(p.out[k]);
+  map_kernel<T, NI, NO, F><<<grid_for(vec ? n / Pack<T>::size + 1 : n), kThreads, 0, stream>>>(n, vec, p, f);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Two-input, one-output form: out[i] = f(a[i], b[i]) with f(T, T) -> T.
+template <class F>
+struct Binary2 {
+  F f;
+  template <class T>
+  __device__ void operator()(const T (&x)[2], T (&y)[1]) const {
+    y[0] = f(x[0], x[1]);
+  }
+};
 template <class T, class F>
 void launch_map2(cudaStream_t stream, int64_t n, const T* a, const T* b, T* out, F f) {
-  if (n == 0) return;
-  const bool vec = aligned16(a) && aligned16(b) && aligned16(out);
-  map2_kernel<T, F><<<grid_for(vec ? n / Pack<T>::size + 1 : n), kThreads, 0, stream>>>(n, vec, a, b, out, f);
-  CUDA_CHECK_LAUNCH();
+  launch_map(stream, n, MapPtrs<T, 2, 1>{{a, b}, {out}}, Binary2<F>{f});
 }
 
 // y = alpha * x + beta * y
@@ -133,27 +171,51 @@ struct GluFn {
   }
 };
 
-// dx = dy * f'(x, y)
+// out = a (op) b
 template <class T>
-__global__ void unary_backward_kernel(int64_t n, UnaryOp op, const T* x, const T* y, const T* dy, T* dx) {
-  using A = acc_t<T>;
-  PT_GRID_STRIDE(i, n) {
-    dx[i] = cvt<T>(cvt<A>(dy[i]) * act::derivative<A>(op, cvt<A>(x[i]), cvt<A>(y[i])));
+struct BinaryFn {
+  BinaryOp op;
+  __device__ T operator()(T a, T b) const {
+    using A = acc_t<T>;
+    const A x = cvt<A>(a), y = cvt<A>(b);
+    switch (op) {
+      case BinaryOp::add: return cvt<T>(x + y);
+      case BinaryOp::sub: return cvt<T>(x - y);
+      case BinaryOp::mul: return cvt<T>(x * y);
+      default: return cvt<T>(x / y);
+    }
   }
-}
+};
+// y = f(x) (the second operand is ignored)
+template <class T>
+struct UnaryFn {
+  UnaryOp op;
+  __device__ T operator()(T x, T) const { return cvt<T>(act::forward<acc_t<T>>(op, cvt<acc_t<T>>(x))); }
+};
 
-// a = act(gate); dup = dout * a; dgate = dout * up * act'(gate)
+// dx = dy * f'(x, y); inputs (x, y, dy), output dx
 template <class T>
-__global__ void glu_backward_kernel(int64_t n, UnaryOp op, const T* gate, const T* up, const T* dout, T* dgate,
-                                    T* dup) {
-  using A = acc_t<T>;
-  PT_GRID_STRIDE(i, n) {
-    const A g = cvt<A>(gate[i]), u = cvt<A>(up[i]), d = cvt<A>(dout[i]);
-    const A a = act::forward<A>(op, g);
-    dup[i] = cvt<T>(d * a);
-    dgate[i] = cvt<T>(d * u * act::derivative<A>(op, g, a));
+struct UnaryBackwardFn {
+  UnaryOp op;
+  __device__ void operator()(const T (&in)[3], T (&out)[1]) const {
+    using A = acc_t<T>;
+    out[0] = cvt<T>(cvt<A>(in[2]) * act::derivative<A>(op, cvt<A>(in[0]), cvt<A>(in[1])));
   }
-}
+};
+
+// a = act(gate); dup = dout * a; dgate = dout * up * act'(gate). inputs (gate, up, dout), outputs (dgate, dup)
+template <class T>
+struct GluBackwardFn {
+  UnaryOp op;
+  __device__ void operator()(const T (&in)[3], T (&out)[2]) const {
+    using A = acc_t<T>;
+    const A g = cvt<A>(in[0]), u = cvt<A>(in[1]), d = cvt<A>(in[2]);
+    A a, da;
+    act::value_and_derivative<A>(op, g, a, da);
+    out[0] = cvt<T>(d * u * da);
+    out[1] = cvt<T>(d * a);
+  }
+};
 
 }  // namespace
 
@@ -199,6 +261,10 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& y) {
   const auto meta = make_meta<2>(x.shape(), {&x.strides(), &y.strides()}, unary_op_name(op));
   dispatch_float(x.dtype(), unary_op_name(op), [&](auto t) {
     using T = decltype(t);
+    if (meta.contiguous) {  // dense: vectorised map
+      launch_map2(stream_, n, ptr<T>(x), ptr<T>(x), ptr<T>(y), UnaryFn<T>{op});
+      return;
+    }
     unary_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(meta, n, op, ptr<T>(x), ptr<T>(y));
     CUDA_CHECK_LAUNCH();
   });
@@ -209,9 +275,7 @@ void CudaBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, c
   if (n == 0) return;
   dispatch_float(x.dtype(), unary_op_name(op), [&](auto t) {
     using T = decltype(t);
-    unary_backward_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(n, op, ptr<T>(x), ptr<T>(y), ptr<T>(dy),
-                                                                     ptr<T>(dx));
-    CUDA_CHECK_LAUNCH();
+    launch_map(stream_, n, MapPtrs<T, 3, 1>{{ptr<T>(x), ptr<T>(y), ptr<T>(dy)}, {ptr<T>(dx)}}, UnaryBackwardFn<T>{op});
   });
 }
 
@@ -224,6 +288,10 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
   const auto meta = make_meta<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()}, "binary");
   dispatch_float(out.dtype(), "binary", [&](auto t) {
     using T = decltype(t);
+    if (meta.contiguous) {  // dense operands (e.g. residual adds): vectorised map
+      launch_map2(stream_, n, ptr<T>(a), ptr<T>(b), ptr<T>(out), BinaryFn<T>{op});
+      return;
+    }
     binary_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(meta, n, op, ptr<T>(a), ptr<T>(b), ptr<T>(out));
     CUDA_CHECK_LAUNCH();
   });
@@ -261,13 +329,11 @@ void CudaBackend::glu_forward(GluKind kind, const Tensor& gate, const Tensor& up
 void CudaBackend::glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout,
                                const Tensor& dgate, const Tensor& dup) {
   const UnaryOp op = act::glu_activation(kind);
-  const int64_t n = gate.numel();
-  if (n == 0) return;
   dispatch_float(gate.dtype(), "glu_backward", [&](auto t) {
     using T = decltype(t);
-    glu_backward_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(n, op, ptr<T>(gate), ptr<T>(up), ptr<T>(dout),
-                                                                   ptr<T>(dgate), ptr<T>(dup));
-    CUDA_CHECK_LAUNCH();
+    launch_map(stream_, gate.numel(),
+               MapPtrs<T, 3, 2>{{ptr<T>(gate), ptr<T>(up), ptr<T>(dout)}, {ptr<T>(dgate), ptr<T>(dup)}},
+               GluBackwardFn<T>{op});
   });
 }
 

@@ -123,7 +123,7 @@ bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
       const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cublaslt_, plan->desc, plan->a, plan->b, plan->c,
                                                                plan->c, pref, 1, &result, &found);
       CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-      if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+      if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
         plan->algo = result.algo;
         plan->ok = true;
       } else if (st != CUBLAS_STATUS_NOT_SUPPORTED) {
@@ -135,9 +135,15 @@ bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
   const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
   const void* alpha_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&alpha) : &alpha_f;
   const void* beta_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&beta) : &beta_f;
-  CUBLAS_CHECK(cublasLtMatmul(cublaslt_, plan->desc, alpha_p, b.raw_data(), plan->a, a.raw_data(), plan->b, beta_p,
-                              c.raw_data(), plan->c, c.raw_data(), plan->c, &plan->algo, workspace_, workspace_bytes_,
-                              stream_));
+  const cublasStatus_t st = cublasLtMatmul(cublaslt_, plan->desc, alpha_p, b.raw_data(), plan->a, a.raw_data(),
+                                           plan->b, beta_p, c.raw_data(), plan->c, c.raw_data(), plan->c, &plan->algo,
+                                           workspace_, workspace_bytes_, stream_);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // the heuristic's pick rejected at run time: use cuBLAS from now on
+    std::lock_guard<std::mutex> lock(mutex_);
+    plan->ok = false;
+    return false;
+  }
+  CUBLAS_CHECK(st);
   return true;
 }
 

@@ -7,7 +7,8 @@
 //   f32 for bf16 logits (as ops.cpp allocates them) or the logits' dtype.
 //   A target outside [0, V) is recorded in the device error word (reported at the next sync).
 // backward: one block per row, dlogits = g * (exp(logit - lse) - onehot(target)), g = dloss[0] * scale
-//   computed in fp64 then rounded (as the CPU does); ignored rows are zeroed.
+//   computed in fp64 then rounded (as the CPU does); ignored rows are zeroed. 128-bit loads and
+//   stores when V * sizeof(T) is a multiple of 16 and both rows are 16-byte aligned.
 #include "cuda/common.cuh"
 
 namespace pt::cuda {
@@ -59,22 +60,45 @@ __global__ void cross_entropy_forward_kernel(int64_t rows, int64_t vocab, const 
 
 template <class T, class S>
 __global__ void cross_entropy_backward_kernel(int64_t rows, int64_t vocab, const T* logits, const void* targets,
-                                              bool targets64, const S* lse, const S* dloss, double scale, T* dlogits) {
+                                              bool targets64, const S* lse, const S* dloss, double scale, bool vec,
+                                              T* dlogits) {
   using A = acc_t<T>;
+  constexpr int P = Pack<T>::size;
   const A g = static_cast<A>(cvt<double>(dloss[0]) * scale);
   PT_ROW_LOOP(r, rows) {
     const int64_t target = read_id(targets, targets64, r);
     T* drow = dlogits + r * vocab;
     if (target < 0 || target >= vocab) {  // -1 (ignored); invalid targets were reported by the forward
-      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) drow[j] = cvt<T>(A(0));
+      if (vec) {
+        Pack<T> zero;
+#pragma unroll
+        for (int k = 0; k < P; ++k) zero.v[k] = cvt<T>(A(0));
+        for (int64_t j = threadIdx.x; j < vocab / P; j += blockDim.x) reinterpret_cast<Pack<T>*>(drow)[j] = zero;
+      } else {
+        for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) drow[j] = cvt<T>(A(0));
+      }
       continue;
     }
     const T* row = logits + r * vocab;
     const A l = cvt<A>(lse[r]);
-    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-      A d = g * exp(cvt<A>(row[j]) - l);
-      if (j == target) d -= g;
-      drow[j] = cvt<T>(d);
+    if (vec) {  // vocab % P == 0, both rows 16-byte aligned
+      for (int64_t j = threadIdx.x; j < vocab / P; j += blockDim.x) {
+        const Pack<T> x = reinterpret_cast<const Pack<T>*>(row)[j];
+        Pack<T> d;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          A v = g * exp(cvt<A>(x.v[k]) - l);
+          if (j * P + k == target) v -= g;
+          d.v[k] = cvt<T>(v);
+        }
+        reinterpret_cast<Pack<T>*>(drow)[j] = d;
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+        A d = g * exp(cvt<A>(row[j]) - l);
+        if (j == target) d -= g;
+        drow[j] = cvt<T>(d);
+      }
     }
   }
 }
@@ -100,7 +124,8 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
     dispatch_stat<T>(lse, "cross_entropy", [&](auto s) {
       using S = decltype(s);
       const bool vec = (vocab * int64_t(sizeof(T))) % 16 == 0 && aligned16(logits.raw_data());
-      cross_entropy_forward_kernel<T, S><<<row_grid(rows), row_threads(vocab, 1024), 0, stream_>>>(
+      cross_entropy_forward_kernel<T, S><<<row_grid(rows), row_threads(vec ? vocab / Pack<T>::size : vocab, 1024), 0,
+                                           stream_>>>(
           rows, vocab, ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::i64, vec, ptr<S>(losses),
           ptr<S>(lse), device_error_);
       CUDA_CHECK_LAUNCH();
@@ -120,9 +145,12 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     using T = decltype(t);
     dispatch_stat<T>(lse, "cross_entropy_backward", [&](auto s) {
       using S = decltype(s);
-      cross_entropy_backward_kernel<T, S><<<row_grid(rows), row_threads(vocab, 1024), 0, stream_>>>(
-          rows, vocab, ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::i64, ptr<S>(lse), ptr<S>(dloss),
-          scale, ptr<T>(dlogits));
+      const bool vec = (vocab * int64_t(sizeof(T))) % 16 == 0 && aligned16(logits.raw_data()) &&
+                       aligned16(dlogits.raw_data());
+      cross_entropy_backward_kernel<T, S><<<row_grid(rows), row_threads(vec ? vocab / Pack<T>::size : vocab, 1024), 0,
+                                            stream_>>>(rows, vocab, ptr<T>(logits), targets.raw_data(),
+                                                       targets.dtype() == DType::i64, ptr<S>(lse), ptr<S>(dloss),
+                                                       scale, vec, ptr<T>(dlogits));
       CUDA_CHECK_LAUNCH();
     });
   });

@@ -1,7 +1,9 @@
 // RMSNorm and LayerNorm, forward and backward, over rows of x [N, D].
 //
 // Forward: one block per row; a block sum gives the row statistic(s) (fp32, fp64 for f64),
-// thread 0 stores rstd (and mean), then the block writes the normalised row.
+// thread 0 stores rstd (and mean), then the block writes the normalised row. The RMSNorm
+// kernels (the hot ones in llama-style models) use 128-bit packs when D is a multiple of the
+// pack width and every pointer is 16-byte aligned.
 //   rms:   rstd = 1 / sqrt(mean(x^2) + eps);            y = x * rstd * w
 //   layer: mu = mean(x); rstd = 1 / sqrt(var + eps);     y = (x - mu) * rstd * w + b
 // Backward dx: one block per row, two block sums, then
@@ -10,47 +12,108 @@
 // Weight/bias grads are accumulated (+=) with the deterministic column reduction of common.cuh
 // (no atomics): dw += sum_rows(g * x_hat), db += sum_rows(g).
 // mean/rstd tensors are the data dtype or f32 (dispatch_stat).
+#include <initializer_list>
+
 #include "cuda/common.cuh"
 
 namespace pt::cuda {
 namespace {
 
-template <class T, class S>
+// P consecutive elements of a row, P = 16 / sizeof(T) (one 128-bit load/store) when VEC, else 1.
+// The rms kernels below loop over packs jp in [0, dim / P); VEC needs dim % P == 0 and every
+// pointer 16-byte aligned (checked on the host by rms_vec).
+template <class T, bool VEC>
+struct RowPack {
+  static constexpr int P = VEC ? Pack<T>::size : 1;
+  T v[P];
+  __device__ __forceinline__ void load(const T* p, int64_t jp) {
+    if constexpr (VEC) {
+      const Pack<T> q = reinterpret_cast<const Pack<T>*>(p)[jp];
+#pragma unroll
+      for (int k = 0; k < P; ++k) v[k] = q.v[k];
+    } else {
+      v[0] = p[jp];
+    }
+  }
+  __device__ __forceinline__ void store(T* p, int64_t jp) const {
+    if constexpr (VEC) {
+      Pack<T> q;
+#pragma unroll
+      for (int k = 0; k < P; ++k) q.v[k] = v[k];
+      reinterpret_cast<Pack<T>*>(p)[jp] = q;
+    } else {
+      p[jp] = v[0];
+    }
+  }
+};
+
+template <class T, class S, bool VEC>
 __global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, double eps, T* y,
                                         S* rstd) {
   using A = acc_t<T>;
+  using RP = RowPack<T, VEC>;
+  constexpr int P = RP::P;
+  const int64_t packs = dim / P;
   PT_ROW_LOOP(r, rows) {
     const T* xr = x + r * dim;
     A ss = 0;
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-      const A v = cvt<A>(xr[j]);
-      ss += v * v;
+    for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+      RP xp;
+      xp.load(xr, j);
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        const A v = cvt<A>(xp.v[k]);
+        ss += v * v;
+      }
     }
     ss = block_sum(ss);
     const A inv = A(1) / sqrt(ss / A(dim) + A(eps));
     if (threadIdx.x == 0) rstd[r] = cvt<S>(inv);
     T* yr = y + r * dim;
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
-      yr[j] = cvt<T>(cvt<A>(xr[j]) * inv * (w ? cvt<A>(w[j]) : A(1)));
+    for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+      RP xp, wp, yp;
+      xp.load(xr, j);
+      if (w) wp.load(w, j);
+#pragma unroll
+      for (int k = 0; k < P; ++k) yp.v[k] = cvt<T>(cvt<A>(xp.v[k]) * inv * (w ? cvt<A>(wp.v[k]) : A(1)));
+      yp.store(yr, j);
+    }
   }
 }
 
-template <class T, class S>
+template <class T, class S, bool VEC>
 __global__ void rms_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const S* rstd,
                                          const T* dy, T* dx) {
   using A = acc_t<T>;
+  using RP = RowPack<T, VEC>;
+  constexpr int P = RP::P;
+  const int64_t packs = dim / P;
   PT_ROW_LOOP(r, rows) {
     const T* xr = x + r * dim;
     const T* gr = dy + r * dim;
     const A inv = cvt<A>(rstd[r]);
     A dot = 0;
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
-      dot += cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1)) * cvt<A>(xr[j]) * inv;
+    for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+      RP xp, gp, wp;
+      xp.load(xr, j);
+      gp.load(gr, j);
+      if (w) wp.load(w, j);
+#pragma unroll
+      for (int k = 0; k < P; ++k) dot += cvt<A>(gp.v[k]) * (w ? cvt<A>(wp.v[k]) : A(1)) * cvt<A>(xp.v[k]) * inv;
+    }
     dot = block_sum(dot);
     const A mean_dot = dot / A(dim);
     T* dr = dx + r * dim;
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x)
-      dr[j] = cvt<T>(inv * (cvt<A>(gr[j]) * (w ? cvt<A>(w[j]) : A(1)) - cvt<A>(xr[j]) * inv * mean_dot));
+    for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+      RP xp, gp, wp, dp;
+      xp.load(xr, j);
+      gp.load(gr, j);
+      if (w) wp.load(w, j);
+#pragma unroll
+      for (int k = 0; k < P; ++k)
+        dp.v[k] = cvt<T>(inv * (cvt<A>(gp.v[k]) * (w ? cvt<A>(wp.v[k]) : A(1)) - cvt<A>(xp.v[k]) * inv * mean_dot));
+      dp.store(dr, j);
+    }
   }
 }
 
@@ -127,6 +190,17 @@ struct GradSum {
 
 }  // namespace
 
+namespace {
+// Whether the rms kernels can use 128-bit packs: rows a whole number of packs, every pointer aligned.
+template <class T>
+bool rms_vec(int64_t dim, std::initializer_list<const Tensor*> tensors) {
+  if (dim % Pack<T>::size != 0) return false;
+  for (const Tensor* t : tensors)
+    if (t->defined() && !aligned16(t->raw_data())) return false;
+  return true;
+}
+}  // namespace
+
 void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
                                    const Tensor& rstd) {
   const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
@@ -135,8 +209,13 @@ void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double
     using T = decltype(t);
     dispatch_stat<T>(rstd, "rms_norm", [&](auto s) {
       using S = decltype(s);
-      rms_norm_forward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
-          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+      if (rms_vec<T>(dim, {&x, &weight, &y})) {
+        rms_norm_forward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream_>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+      } else {
+        rms_norm_forward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+      }
       CUDA_CHECK_LAUNCH();
     });
   });
@@ -151,8 +230,13 @@ void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const
     using A = acc_t<T>;
     dispatch_stat<T>(rstd, "rms_norm_backward", [&](auto s) {
       using S = decltype(s);
-      rms_norm_backward_kernel<T, S><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
-          rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      if (rms_vec<T>(dim, {&x, &weight, &dy, &dx})) {
+        rms_norm_backward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream_>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      } else {
+        rms_norm_backward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      }
       CUDA_CHECK_LAUNCH();
       if (dweight.defined())
         column_reduce<A, T>(stream_, rows, dim, GradXhat<T, S>{ptr<T>(dy), ptr<T>(x), nullptr, ptr<S>(rstd), dim},
