@@ -29,6 +29,12 @@ const char* unary_op_name(UnaryOp op) {
   return "?";
 }
 
+void Backend::adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
+                               double beta2, double eps, int64_t step) {
+  for (const AdamwTensors& t : group)
+    adamw_step(t.param, t.grad, grad_scale, t.m, t.v, lr, beta1, beta2, eps, t.weight_decay, step);
+}
+
 void register_backend(DeviceType type, Backend* backend) {
   if (type == DeviceType::cuda) cuda_backend = backend;
 }

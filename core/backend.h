@@ -8,6 +8,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -134,6 +135,16 @@ class Backend {
   virtual void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m,
                           const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay,
                           int64_t step) = 0;
+
+  // The same update on many parameters at once (each with its own weight decay): the optimizer's
+  // whole step. The default loops over adamw_step; the CUDA backend packs the tensors into a few
+  // multi-tensor launches. Results are identical to per-parameter adamw_step calls.
+  struct AdamwTensors {
+    Tensor param, grad, m, v;
+    double weight_decay = 0.0;
+  };
+  virtual void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
+                                double beta2, double eps, int64_t step);
 };
 
 // The backend of a device type. Throws std::runtime_error naming the device if none is available

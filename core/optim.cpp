@@ -70,14 +70,20 @@ OptimizerStepStats AdamW::step(double lr, double grad_scale) {
                              std::to_string(step_ + 1) + "; parameters and moments were left unchanged");
   if (spec_.grad_clip > 0.0 && stats.grad_norm > spec_.grad_clip) stats.clip_factor = spec_.grad_clip / (stats.grad_norm + 1e-6);
   ++step_;
+  // One multi-tensor update per device (parameters all live on one device today).
+  std::vector<Backend::AdamwTensors> group;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Parameter& p = params_[i];
     if (!p.value.grad().defined()) continue;
+    if (!group.empty() && group.front().param.device() != p.value.device())
+      throw std::runtime_error("AdamW: parameters on several devices (" + group.front().param.device().str() +
+                               ", " + p.value.device().str() + " for " + p.info.name + ")");
     const double wd = applies_weight_decay(p.info, spec_) ? spec_.weight_decay : 0.0;
-    backend_for(p.value.device())
-        .adamw_step(p.value, p.value.grad(), grad_scale * stats.clip_factor, m_[i], v_[i], lr, spec_.beta1,
-                    spec_.beta2, spec_.eps, wd, step_);
+    group.push_back({p.value, p.value.grad(), m_[i], v_[i], wd});
   }
+  if (!group.empty())
+    backend_for(group.front().param.device())
+        .adamw_step_multi(group, grad_scale * stats.clip_factor, lr, spec_.beta1, spec_.beta2, spec_.eps, step_);
   return stats;
 }
 

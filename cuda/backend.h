@@ -87,6 +87,8 @@ class CudaBackend final : public Backend {
                               double scale, const Tensor& dlogits) override;
   void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m, const Tensor& v,
                   double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override;
+  void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
+                        double beta2, double eps, int64_t step) override;
 
   cudaStream_t stream() const { return stream_; }
   DeviceError* device_error() const { return device_error_; }

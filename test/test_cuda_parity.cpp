@@ -531,6 +531,44 @@ TEST_CASE("cuda: adamw_step matches the CPU update", "[gpu][cuda]") {
   }
 }
 
+TEST_CASE("cuda: adamw_step_multi matches per-parameter CPU updates across launches", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("adamw multi-tensor");
+  // 40 tensors (more than one launch's 32 slots), sizes around the 64K-element chunk, and one of
+  // 21M elements (more than one launch's 320 blocks of 64K), each with its own weight decay.
+  std::vector<int64_t> sizes;
+  for (int i = 0; i < 40; ++i) sizes.push_back(i % 4 == 0 ? 65536 + i : 1 + 97 * i);
+  sizes.push_back(21 * 1000 * 1000 + 7);
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    std::vector<Tensor> p_c, m_c, v_c, p_g, m_g, v_g;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      p_c.push_back(randn({sizes[i]}, 300 + i).to(dt));
+      m_c.push_back(Tensor::zeros({sizes[i]}, dt));
+      v_c.push_back(Tensor::zeros({sizes[i]}, dt));
+      p_g.push_back(p_c.back().to(kGpu));
+      m_g.push_back(m_c.back().to(kGpu));
+      v_g.push_back(v_c.back().to(kGpu));
+    }
+    for (int64_t step = 1; step <= 3; ++step) {
+      std::vector<Backend::AdamwTensors> group;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        const Tensor g = randn({sizes[i]}, 900 + 50 * uint64_t(step) + i).to(dt);
+        const double wd = i % 3 == 0 ? 0.0 : 0.05 * double(i % 5);
+        backend_for(kCpu).adamw_step(p_c[i], g, 0.7, m_c[i], v_c[i], 1e-2, 0.9, 0.95, 1e-8, wd, step);
+        group.push_back({p_g[i], g.to(kGpu), m_g[i], v_g[i], wd});
+      }
+      backend_for(kGpu).adamw_step_multi(group, 0.7, 1e-2, 0.9, 0.95, 1e-8, step);
+    }
+    const double tol = dt == DType::f64 ? 1e-12 : 1e-6;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      INFO("tensor " << i << " of " << sizes[i] << " elements");
+      CHECK(rel_err(p_g[i], p_c[i]) < tol);
+      CHECK(rel_err(m_g[i], m_c[i]) < tol);
+      CHECK(rel_err(v_g[i], v_c[i]) < tol);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- whole model
 
 TEST_CASE("cuda: one training step of the default model matches the CPU (loss and every grad)", "[gpu][cuda]") {
