@@ -14,6 +14,7 @@
 #include "core/backend.h"
 #include "core/model.h"
 #include "core/optim.h"
+#include "core/profiling_backend.h"
 #include "core/spec.h"
 #include "core/trainer.h"
 
@@ -122,7 +123,8 @@ double flops_per_token(const ModelSpec& m) {
   return 6.0 * double(gemm_params) + 12.0 * double(m.n_layers) * double(m.d_model) * double(m.seq_len);
 }
 
-void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_tflops, const std::string& json_out) {
+void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_tflops, const std::string& json_out,
+               int64_t profile_steps) {
   const ExperimentSpec spec = resolve_spec(args);
   const Device device = parse_device(spec.training.device);
   Rng rng(spec.training.seed);
@@ -131,21 +133,31 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   AdamW optimizer(model.parameters(), spec.optim);
   auto source = make_batch_source(spec, "train");
   const int64_t tokens_per_step = spec.training.tokens_per_step(spec.model.seq_len);
+  auto next_batches = [&] {
+    std::vector<data::TokenBatch> batches;
+    for (int64_t micro = 0; micro < spec.training.grad_accum; ++micro)
+      batches.push_back(source->next(spec.training.micro_batch, spec.model.seq_len));
+    return batches;
+  };
+  std::vector<data::TokenBatch> batches = next_batches();
   auto one_step = [&] {
     for (int64_t micro = 0; micro < spec.training.grad_accum; ++micro) {
-      auto batch = source->next(spec.training.micro_batch, spec.model.seq_len);
-      Tensor inputs = Tensor::from_vector(batch.inputs, {batch.batch, batch.seq}, device);
-      Tensor targets = Tensor::from_vector(batch.targets, {batch.batch, batch.seq}, device);
+      auto [inputs, targets] = batch_to_device(batches[size_t(micro)], device);
       model.loss(inputs, targets, targets.numel()).backward();
     }
     optimizer.step(spec.optim.lr, 1.0 / double(spec.training.grad_accum));
     model.zero_grad();
+    // The next step's tokens are generated on the host while the device finishes this step (as in
+    // `pretrain train`, where generation overlaps the previous step's optimizer kernels), so the
+    // timed step does not include a device-idle gap for host-side data generation.
+    batches = next_batches();
     backend_for(device).synchronize();
   };
   spdlog::info("bench {}: {} parameters on {}, {} warm-up + {} timed steps of {} tokens", spec.name,
                model.num_parameters(), device.str(), warmup, steps, tokens_per_step);
   for (int64_t i = 0; i < warmup; ++i) one_step();
   allocator_for(device).reset_peak();
+  const int64_t system_allocs_before = allocator_for(device).stats().num_system_allocs;
   std::vector<double> times;
   for (int64_t i = 0; i < steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -170,8 +182,38 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
                         {"tokens_per_s", tokens_per_s},
                         {"flops_per_token", flops_per_token(spec.model)},
                         {"achieved_tflops", tflops},
-                        {"peak_memory_bytes", allocator_for(device).stats().peak_allocated_bytes}};
+                        {"peak_memory_bytes", allocator_for(device).stats().peak_allocated_bytes},
+                        {"reserved_memory_bytes", allocator_for(device).stats().reserved_bytes},
+                        {"system_allocs_in_timed_steps",
+                         allocator_for(device).stats().num_system_allocs - system_allocs_before}};
   if (peak_tflops > 0) out["mfu"] = tflops / peak_tflops;
+  if (profile_steps > 0) {
+    // Per-kernel attribution: every backend call synchronised and timed (slower than the timed steps).
+    ProfilingBackend profiler(backend_for(device));
+    override_backend(device.type, &profiler);
+    try {
+      for (int64_t i = 0; i < profile_steps; ++i) one_step();
+    } catch (...) {
+      override_backend(device.type, nullptr);
+      throw;
+    }
+    override_backend(device.type, nullptr);
+    const double per_step = profiler.total_seconds() / double(profile_steps);
+    std::cerr << "profile over " << profile_steps << " steps (each kernel call synchronised): "
+              << per_step * 1e3 << " ms/step in kernels vs " << median * 1e3 << " ms/step timed\n";
+    std::cerr << "   ms/step  share  calls/step  kernel\n";
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& e : profiler.entries()) {
+      const double ms = e.seconds / double(profile_steps) * 1e3;
+      const double calls = double(e.calls) / double(profile_steps);
+      char line[64];
+      std::snprintf(line, sizeof line, "%10.3f %5.1f%% %11.1f  ", ms, 100.0 * e.seconds / profiler.total_seconds(),
+                    calls);
+      std::cerr << line << e.key << "\n";
+      rows.push_back({{"kernel", e.key}, {"ms_per_step", ms}, {"calls_per_step", calls}});
+    }
+    out["profile"] = {{"steps", profile_steps}, {"ms_per_step_in_kernels", per_step * 1e3}, {"kernels", rows}};
+  }
   std::cout << out.dump(2) << "\n";
   if (!json_out.empty()) std::ofstream(json_out) << out.dump(2) << "\n";
 }
@@ -204,7 +246,11 @@ void register_train_commands(CLI::App& app) {
   bench->add_option("--steps", steps, "timed steps (the median is reported)")->check(CLI::PositiveNumber);
   bench->add_option("--peak-tflops", peak_tflops, "device peak for MFU (e.g. 989 for an H100 SXM in bf16)");
   bench->add_option("--json", json_out, "also write the result to this file");
-  bench->callback([] { run_bench(bench_args, warmup, steps, peak_tflops, json_out); });
+  static int64_t profile_steps = 0;
+  bench->add_option("--profile", profile_steps,
+                    "after the timed steps, run this many more with every kernel call timed; print a table")
+      ->check(CLI::NonNegativeNumber);
+  bench->callback([] { run_bench(bench_args, warmup, steps, peak_tflops, json_out, profile_steps); });
 }
 
 }  // namespace pt::cmd

@@ -8,6 +8,12 @@ Backend& cpu_backend();  // core/cpu/cpu_backend.cpp
 
 namespace {
 Backend* cuda_backend = nullptr;
+Backend* cuda_override = nullptr;
+Backend* cpu_override = nullptr;
+}  // namespace
+
+void override_backend(DeviceType type, Backend* backend) {
+  (type == DeviceType::cpu ? cpu_override : cuda_override) = backend;
 }
 
 const char* unary_op_name(UnaryOp op) {
@@ -42,7 +48,8 @@ void register_backend(DeviceType type, Backend* backend) {
 bool backend_available(DeviceType type) { return type == DeviceType::cpu || cuda_backend != nullptr; }
 
 Backend& backend_for(Device device) {
-  if (device.is_cpu()) return cpu_backend();
+  if (device.is_cpu()) return cpu_override ? *cpu_override : cpu_backend();
+  if (cuda_override) return *cuda_override;
   if (!cuda_backend)
     throw std::runtime_error("device " + device.str() +
                              " is not available: this build has no CUDA backend or no GPU was found");

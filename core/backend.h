@@ -152,5 +152,9 @@ class Backend {
 Backend& backend_for(Device device);
 void register_backend(DeviceType type, Backend* backend);
 bool backend_available(DeviceType type);
+// Installs `backend` for `type` in place of the registered one (nullptr restores the original):
+// for wrappers such as ProfilingBackend (`pretrain bench --profile`). Not thread-safe against
+// concurrent backend_for calls.
+void override_backend(DeviceType type, Backend* backend);
 
 }  // namespace pt
