@@ -11,14 +11,17 @@ thread_local bool grad_mode = true;
 
 // grad = grad + incoming. The first arrival is stored as is; later ones allocate a fresh sum
 // rather than adding in place, because a backward may hand one tensor to several inputs
-// (e.g. both operands of an add), so a stored gradient can be aliased.
+// (e.g. both operands of an add), so a stored gradient can be aliased. The sum is one pass
+// (read both, write one) straight into the new tensor: no clone of `grad` first (that was two
+// extra passes over every fanned-in gradient, e.g. each residual-stream fan-in).
 void accumulate(Tensor& grad, const Tensor& incoming) {
   if (!grad.defined()) {
     grad = incoming.contiguous();
     return;
   }
-  Tensor sum = grad.clone();
-  backend_for(sum.device()).axpby(1.0, incoming.contiguous(), 1.0, sum);
+  const Tensor addend = incoming.dtype() == grad.dtype() ? incoming : incoming.to(grad.dtype());
+  Tensor sum = Tensor::empty(grad.shape(), grad.dtype(), grad.device());
+  backend_for(sum.device()).binary(BinaryOp::add, grad, addend, sum);  // inputs may be strided
   grad = sum;
 }
 }  // namespace

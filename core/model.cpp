@@ -264,9 +264,11 @@ Tensor Transformer::norm(const Tensor& x, const std::string& prefix) const {
   return ops::rms_norm(x, weight, spec_.norm.eps);
 }
 
-Tensor Transformer::project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
-                            const std::vector<std::pair<std::string, int64_t>>& branches, const Tensor& bias) const {
-  const Tensor& w = use(linear_prefix + ".weight");
+std::vector<Tensor> Transformer::project(const Tensor& x, const std::string& linear_prefix,
+                                        const std::string& branch_prefix,
+                                        const std::vector<std::pair<std::string, int64_t>>& branches,
+                                        const Tensor& bias) const {
+  const Tensor w = use(linear_prefix + ".weight");
   std::vector<int64_t> rows;
   std::vector<Tensor> in_scales, out_scales;
   for (const auto& [name, n] : branches) {
@@ -274,7 +276,10 @@ Tensor Transformer::project(const Tensor& x, const std::string& linear_prefix, c
     in_scales.push_back(scale_value(branch_prefix + "." + name + ".in_scale"));
     out_scales.push_back(scale_value(branch_prefix + "." + name + ".out_scale"));
   }
-  return ops::linear(x, opt::scaled_weight(w, rows, in_scales, out_scales), bias);
+  const Tensor w_eff = opt::scaled_weight(w, rows, in_scales, out_scales);
+  if (rows.size() == 1) return {ops::linear(x, w_eff, bias)};
+  // One GEMM per branch, each output its own contiguous tensor: no split copies of the fused output.
+  return ops::linear_split(x, w_eff, bias, rows);
 }
 
 Tensor Transformer::attention(const Tensor& x, const std::string& prefix) const {
@@ -287,10 +292,8 @@ Tensor Transformer::attention(const Tensor& x, const std::string& prefix) const 
       bias = ops::concat({bias.defined() ? bias : Tensor::zeros({qkv_rows}, x.dtype(), x.device()),
                           gate_bias.defined() ? gate_bias : Tensor::zeros({G}, x.dtype(), x.device())});
   }
-  const Tensor qkv = project(x, prefix + ".qkv", prefix, attn_branches(spec_), bias);
-  std::vector<int64_t> sizes{hq * hd, hkv * hd, hkv * hd};
-  if (G > 0) sizes.push_back(G);
-  std::vector<Tensor> parts = ops::split(qkv, sizes);
+  // q, k, v (and the gate logits) as separate contiguous tensors, in attn_branches order.
+  const std::vector<Tensor> parts = project(x, prefix + ".qkv", prefix, attn_branches(spec_), bias);
   Tensor q = ops::reshape(parts[0], {B, T, hq, hd});
   Tensor k = ops::reshape(parts[1], {B, T, hkv, hd});
   Tensor v = ops::reshape(parts[2], {B, T, hkv, hd});
@@ -325,20 +328,17 @@ Tensor Transformer::norm_over_last(const Tensor& x, const std::string& prefix) c
 
 Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
   const bool gated = spec_.gated_activation();
-  Tensor h = project(x, prefix + ".up", prefix, mlp_branches(spec_), maybe_param(prefix + ".up.bias"));
-  Tensor up;
-  if (gated) {
-    std::vector<Tensor> gate_up = ops::split(h, {spec_.ffn_hidden, spec_.ffn_hidden});
-    h = gate_up[0];
-    up = gate_up[1];
-  }
+  // Gated: mlp_branches is {gate, up}, produced as two separate tensors (no split copy).
+  const std::vector<Tensor> gate_up = project(x, prefix + ".up", prefix, mlp_branches(spec_), maybe_param(prefix + ".up.bias"));
+  Tensor h = gate_up[0];
+  Tensor up = gated ? gate_up.at(1) : Tensor();
   const std::string& act = spec_.activation;
   if (act == "la") {
     h = opt::learnable_activation(h, dictionary_ops(spec_.la.dictionary), use(prefix + ".act.coef"));
     if (gated) h = ops::mul(h, up);
   } else if (act == "moa") {
     const int64_t K = dictionary_size(spec_);
-    const Tensor logits = project(x, prefix + ".router", prefix, {{"router", K}}, use(prefix + ".router.bias"));
+    const Tensor logits = project(x, prefix + ".router", prefix, {{"router", K}}, use(prefix + ".router.bias"))[0];
     const Tensor alpha = opt::moa_gate(logits, spec_.moa.gate == "sigmoid");
     const std::vector<UnaryOp> dictionary = dictionary_ops(spec_.moa.dictionary);
     Tensor mixed = opt::mixture_of_activations(h, dictionary, alpha);
@@ -413,12 +413,22 @@ Tensor Transformer::hidden(const Tensor& tokens) const {
   if (T > spec_.seq_len && spec_.position == "learned")
     throw std::invalid_argument("Transformer: sequence of " + std::to_string(T) + " tokens exceeds model.seq_len " +
                                 std::to_string(spec_.seq_len));
-  Tensor h = ops::embedding(tokens, use("embed.weight"));
+  // Embeddings gather rows of the master table and cast only those rows to the compute dtype
+  // (the same values as casting the whole table first): no [vocab, d] cast per forward, and the
+  // table's gradient is accumulated in the master dtype instead of a compute-dtype copy of the table.
+  const auto to_compute = [this](const Tensor& t) {
+    return execution_.compute_dtype ? ops::cast(t, *execution_.compute_dtype) : t;
+  };
+  Tensor h = to_compute(ops::embedding(tokens, param("embed.weight")));
   if (spec_.position == "learned") {
-    const Tensor table = use("pos_embed.weight");
-    std::vector<int32_t> positions(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) positions[size_t(t)] = static_cast<int32_t>(t);
-    h = ops::add(h, ops::embedding(Tensor::from_vector(positions, {T}, table.device()), table));
+    const Tensor& table = param("pos_embed.weight");
+    // Positions 0..T-1 are uploaded once and kept: a host-to-device copy synchronises the device.
+    if (!positions_.defined() || positions_.numel() != T || positions_.device() != table.device()) {
+      std::vector<int32_t> positions(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) positions[size_t(t)] = static_cast<int32_t>(t);
+      positions_ = Tensor::from_vector(positions, {T}, table.device());
+    }
+    h = ops::add(h, to_compute(ops::embedding(positions_, table)));
   }
   for (int64_t l = 0; l < spec_.n_layers; ++l) {
     const std::string p = "blocks." + std::to_string(l);

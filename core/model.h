@@ -102,12 +102,14 @@ class Transformer {
   Tensor hidden(const Tensor& tokens) const;  // final-normed hidden states [B, T, d]
   Tensor head_weight() const;                 // the LM head [vocab, d] (tied or not, with its output scale)
   Tensor scale_value(const std::string& name) const;  // effective scale vector g, undefined when absent
-  // linear(x, diag(b) W diag(g)) over the branches of a fused projection named `linear_prefix`.
-  Tensor project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
-                 const std::vector<std::pair<std::string, int64_t>>& branches, const Tensor& bias) const;
+  // linear(x, diag(b) W diag(g)) over the branches of a fused projection named `linear_prefix`,
+  // one output per branch (in `branches` order).
+  std::vector<Tensor> project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
+                              const std::vector<std::pair<std::string, int64_t>>& branches, const Tensor& bias) const;
 
   struct Diagnostics;
   mutable Diagnostics* diag_ = nullptr;  // set while diagnostics() runs
+  mutable Tensor positions_;              // i32 [T] = 0..T-1 on the parameters' device (learned positions)
 
   ModelSpec spec_;
   ExecutionOptions execution_;

@@ -370,6 +370,92 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return y;
 }
 
+std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                 const std::vector<int64_t>& sizes) {
+  check_defined("linear_split", x, "x");
+  check_defined("linear_split", weight, "weight");
+  check_compatible("linear_split", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  if (weight.ndim() != 2 || x.ndim() < 1 || x.size(-1) != weight.size(1))
+    fail("linear_split", "x " + shape_str(x.shape()) + " does not fit weight " + shape_str(weight.shape()) +
+                             " (expected x [..., in] and weight [out, in])");
+  const int64_t in = weight.size(1), out_features = weight.size(0);
+  if (in == 0) fail("linear_split", "weight " + shape_str(weight.shape()) + " has no input features");
+  if (bias.defined() && bias.shape() != Shape{out_features})
+    fail("linear_split", "bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
+  int64_t total = 0;
+  for (int64_t s : sizes) {
+    if (s < 0) fail("linear_split", "negative part size " + std::to_string(s));
+    total += s;
+  }
+  if (sizes.empty() || total != out_features)
+    fail("linear_split", "part sizes sum to " + std::to_string(total) + " but weight " + shape_str(weight.shape()) +
+                             " has " + std::to_string(out_features) + " rows");
+  const int64_t rows = x.numel() / in;
+  const Tensor x2 = x.contiguous(), w = weight.contiguous();
+  std::vector<Tensor> outs;
+  std::vector<int64_t> starts;
+  int64_t start = 0;
+  for (int64_t n : sizes) {
+    Shape out_shape = x.shape();
+    out_shape.back() = n;
+    Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+    double beta = 0.0;
+    if (bias.defined() && n > 0) {
+      be(y).copy(expand_view(bias.narrow_view(0, start, n), {rows, n}), y.view({rows, n}));
+      beta = 1.0;
+    }
+    // Rows [start, start + n) of a contiguous [out, in] weight are themselves a contiguous [n, in] matrix.
+    be(x2).gemm(false, true, rows, n, in, 1.0, x2, w.narrow_view(0, start, n), beta, y);
+    outs.push_back(y);
+    starts.push_back(start);
+    start += n;
+  }
+  const bool need_x = x.requires_grad() || x.grad_fn();
+  const bool need_w = weight.requires_grad() || weight.grad_fn();
+  const Tensor xd = x2.detach(), wd = w.detach();
+  const Shape bias_shape = bias.shape();
+  const bool has_bias = bias.defined();
+  record_op("linear_split", {x, weight, bias}, outs, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dx, dw, db;
+    if (need_x) {
+      // dx = sum over parts of dy_i @ W_i: the first GEMM writes dx, the others accumulate (beta = 1).
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        if (!g[i].defined() || sizes[i] == 0) continue;
+        const Tensor dy = g[i].contiguous();
+        const bool first = !dx.defined();
+        if (first) dx = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
+        be(dy).gemm(false, false, rows, in, sizes[i], 1.0, dy, wd.narrow_view(0, starts[i], sizes[i]), first ? 0.0 : 1.0,
+                    dx);
+      }
+      if (!dx.defined()) dx = zeros_like(xd);
+    }
+    if (need_w) {
+      dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        if (sizes[i] == 0) continue;
+        const Tensor slot = dw.narrow_view(0, starts[i], sizes[i]);  // contiguous rows of dw
+        if (g[i].defined())
+          be(dw).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, 0.0, slot);
+        else
+          be(dw).fill(slot, 0.0);
+      }
+    }
+    if (has_bias) {
+      db = Tensor::empty(bias_shape, wd.dtype(), wd.device());
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        if (sizes[i] == 0) continue;
+        const Tensor slot = db.narrow_view(0, starts[i], sizes[i]);
+        if (g[i].defined())
+          be(db).copy(reduce_to(g[i].contiguous().view({rows, sizes[i]}), {1, sizes[i]}).view({sizes[i]}), slot);
+        else
+          be(db).fill(slot, 0.0);
+      }
+    }
+    return {dx, dw, db};
+  });
+  return outs;
+}
+
 Tensor embedding(const Tensor& ids, const Tensor& table) {
   check_defined("embedding", ids, "ids");
   check_defined("embedding", table, "table");

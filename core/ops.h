@@ -40,6 +40,12 @@ Tensor concat(const std::vector<Tensor>& xs);                                 //
 // ---- layers
 // y = x @ weight^T + bias; x [..., in], weight [out, in], bias [out] or undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// split(linear(x, weight, bias), sizes) without the fused output: one GEMM per block of weight
+// rows writes each part as its own contiguous tensor [..., sizes[i]], so neither the forward's
+// split copies nor the backward's concatenation of the parts' gradients exist (fused QKV and
+// gate/up projections). sizes sum to weight.size(0); bias [sum(sizes)] or undefined.
+std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                 const std::vector<int64_t>& sizes);
 // ids [...] (i32/i64), table [V, D] -> [..., D]
 Tensor embedding(const Tensor& ids, const Tensor& table);
 // RMSNorm over the last dim; weight [D] or undefined (no scale).

@@ -77,10 +77,16 @@ std::string human_duration(double seconds) {
   return buf;
 }
 
-// Tokens of a batch as [B, T] i32 tensors on `device`.
-std::pair<Tensor, Tensor> to_tensors(const data::TokenBatch& batch, Device device) {
-  return {Tensor::from_vector(batch.inputs, {batch.batch, batch.seq}, device),
-          Tensor::from_vector(batch.targets, {batch.batch, batch.seq}, device)};
+// Sum of scalar device tensors, read back with a single device-to-host copy (each read synchronises
+// the device). Adds in order from 0, as reading them one by one would.
+double sum_on_host(const std::vector<Tensor>& scalars) {
+  NoGradGuard no_grad;
+  if (scalars.size() == 1) return 0.0 + scalars[0].item();
+  std::vector<Tensor> parts;
+  for (const Tensor& s : scalars) parts.push_back(s.view({1}));
+  double total = 0.0;
+  for (double v : ops::concat(parts).to_vector<double>()) total += v;
+  return total;
 }
 
 ckpt::TensorRecord record_of(const std::string& name, const Tensor& t) {
@@ -196,14 +202,14 @@ class Trainer {
     while (step < total_steps_) {
       const auto t0 = std::chrono::steady_clock::now();
       const double lr = learning_rate(spec_.optim, spec_.schedule, step, total_steps_);
-      double loss_sum = 0.0;
+      std::vector<Tensor> micro_losses;
       for (int64_t micro = 0; micro < spec_.training.grad_accum; ++micro) {
-        auto [inputs, targets] = to_tensors(train_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
+        auto [inputs, targets] = batch_to_device(train_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
         Tensor loss = model_.loss(inputs, targets, targets.numel());
         loss.backward();
-        loss_sum += loss.item();
+        micro_losses.push_back(loss.detach());  // read once per step below, not once per micro-batch
       }
-      const double loss = loss_sum / double(spec_.training.grad_accum);
+      const double loss = sum_on_host(micro_losses) / double(spec_.training.grad_accum);
       // Checked before the update (and AdamW refuses a non-finite gradient norm), so no checkpoint
       // ever holds parameters damaged by a NaN/inf step.
       if (!std::isfinite(loss))
@@ -271,7 +277,7 @@ class Trainer {
     val_data_->load_state(val_start_state_);  // the same validation batches every time
     double total = 0.0;
     for (int64_t i = 0; i < spec_.training.eval_batches; ++i) {
-      auto [inputs, targets] = to_tensors(val_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
+      auto [inputs, targets] = batch_to_device(val_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
       total += model_.loss(inputs, targets, targets.numel()).item();
       if (i == 0) val_diagnostics_ = model_.diagnostics(inputs);
     }
@@ -392,6 +398,20 @@ std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec,
   options.seed = spec.training.seed + (val ? 1 : 0);
   options.vocab_size = spec.model.vocab_size;
   return data::open_shard_loader(options);
+}
+
+std::pair<Tensor, Tensor> batch_to_device(const data::TokenBatch& batch, Device device) {
+  const size_t n = batch.inputs.size();
+  if (batch.targets.size() != n || static_cast<int64_t>(n) != batch.batch * batch.seq)
+    throw std::invalid_argument("batch_to_device: " + std::to_string(batch.inputs.size()) + " inputs and " +
+                                std::to_string(batch.targets.size()) + " targets for a [" + std::to_string(batch.batch) +
+                                ", " + std::to_string(batch.seq) + "] batch");
+  std::vector<int32_t> both;
+  both.reserve(2 * n);
+  both.insert(both.end(), batch.inputs.begin(), batch.inputs.end());
+  both.insert(both.end(), batch.targets.begin(), batch.targets.end());
+  const Tensor t = Tensor::from_vector(both, {2, batch.batch, batch.seq}, device);
+  return {t.narrow_view(0, 0, 1).view({batch.batch, batch.seq}), t.narrow_view(0, 1, 1).view({batch.batch, batch.seq})};
 }
 
 double entropy_floor(const ExperimentSpec& spec) {

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/spec.h"
+#include "core/tensor.h"
 #include "data/batch_source.h"
 
 namespace pt {
@@ -38,5 +40,9 @@ std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec,
 
 // The synthetic source's entropy floor for this spec (NaN for other sources).
 double entropy_floor(const ExperimentSpec& spec);
+
+// A batch's inputs and targets as [batch, seq] i32 tensors on `device`, moved in one host-to-device
+// copy (every such copy synchronises the device, so one per batch rather than two).
+std::pair<Tensor, Tensor> batch_to_device(const data::TokenBatch& batch, Device device);
 
 }  // namespace pt

@@ -356,6 +356,16 @@ TEST_CASE("cuda: linear with bias (forward and backward)", "[gpu][cuda]") {
   }, {randn({64, 256}, 53), randn({96, 256}, 54, 0.05)});
 }
 
+TEST_CASE("cuda: linear_split (fused projection parts, forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("linear_split");
+  check_parity("linear_split", [](const std::vector<Tensor>& in) {
+    return ops::linear_split(in[0], in[1], in[2], {48, 16, 16});
+  }, {randn({2, 13, 48}, 55), randn({80, 48}, 56, 0.1), randn({80}, 57)});
+  check_parity("linear_split (no bias, odd parts)", [](const std::vector<Tensor>& in) {
+    return ops::linear_split(in[0], in[1], Tensor(), {37, 59});
+  }, {randn({64, 72}, 58), randn({96, 72}, 59, 0.05)});
+}
+
 // ---------------------------------------------------------------- NN kernels
 
 TEST_CASE("cuda: embedding (forward and deterministic backward)", "[gpu][cuda]") {

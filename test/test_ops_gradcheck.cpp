@@ -61,6 +61,30 @@ TEST_CASE("gradcheck: linear with and without bias", "[ops][gradcheck]") {
   CHECK_GRAD(gradcheck([](auto& in) { return ops::linear(in[0], in[1]); }, {x.clone(), w.clone()}));
 }
 
+TEST_CASE("gradcheck: linear_split (fused projection, one output per part)", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 5}, 17);
+  auto w = random_f64({9, 5}, 18);
+  auto b = random_f64({9}, 19);
+  // Parts used unevenly (and one unused, one empty) so each gets a distinct gradient.
+  auto combine = [](const std::vector<Tensor>& p) {
+    return ops::concat({ops::scale(p[2], 3.0), p[0], ops::mul(p[1], p[1])});
+  };
+  CHECK_GRAD(gradcheck([&](auto& in) { return combine(ops::linear_split(in[0], in[1], in[2], {2, 4, 3})); },
+                       {x, w, b}));
+  CHECK_GRAD(gradcheck([&](auto& in) { return combine(ops::linear_split(in[0], in[1], Tensor(), {2, 4, 3})); },
+                       {x.clone(), w.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear_split(in[0], in[1], in[2], {4, 0, 5})[2]; },
+                       {x.clone(), w.clone(), b.clone()}));
+  // Forward: exactly split(linear(x, w, b)).
+  const auto parts = ops::linear_split(x, w, b, {2, 4, 3});
+  const auto ref = ops::split(ops::linear(x, w, b), {2, 4, 3});
+  for (size_t i = 0; i < parts.size(); ++i) {
+    CHECK(parts[i].shape() == ref[i].shape());
+    CHECK(parts[i].to_vector<double>() == ref[i].contiguous().to_vector<double>());
+  }
+  CHECK_THROWS_AS(ops::linear_split(x, w, b, {2, 4}), std::invalid_argument);  // rows do not add up
+}
+
 TEST_CASE("gradcheck: embedding (repeated ids accumulate)", "[ops][gradcheck]") {
   Tensor ids = Tensor::from_vector<int32_t>({1, 3, 1, 0, 3, 3}, {2, 3});
   auto table = random_f64({5, 4}, 10);
