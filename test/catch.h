@@ -1,11 +1,11 @@
 // Catch2 compatibility: Debian ships Catch2 v2 (single header), the GPU machines v3.
 // Use only what both provide, plus the helpers below. CMake says which one it found
-// (PRETRAIN_CATCH2_V2_MAIN for v2), so a machine with both never mixes headers and library.
+// (PRETRAIN_CATCH2_V2 for v2), so a machine with both never mixes headers and library.
 #pragma once
 
 #include <string>
 
-#if !defined(PRETRAIN_CATCH2_V2_MAIN)
+#if !defined(PRETRAIN_CATCH2_V2)
 #include <catch2/catch_all.hpp>
 using Catch::Approx;
 namespace pt::test {
