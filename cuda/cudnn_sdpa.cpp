@@ -665,6 +665,8 @@ std::string static_reason(const Tensor& q, const Tensor& k, const Tensor& v, con
     if (!t->is_contiguous()) return "non-contiguous " + t->describe();
   }
   if (D % 8 != 0) return "head_dim " + std::to_string(D) + " is not a multiple of 8";
+  // cudnn-frontend's support surface: fp16/bf16 SDPA needs sm_80 or newer.
+  if (sm_major < 8) return "sm_" + std::to_string(sm_major) + "x (cuDNN fused attention needs sm_80 or newer)";
   // cuDNN support matrix: Hopper d <= 256 (prefill and bprop); elsewhere bprop d <= 128 (and
   // prefill d <= 256 from cuDNN 9.10; 128 is kept for both to stay on the safe side).
   const int64_t max_d = sm_major == 9 ? 256 : 128;
@@ -765,6 +767,9 @@ std::string CudnnSdpa::unsupported_reason(const Tensor& q, const Tensor& k, cons
                                           bool backward) {
   std::string reason = static_reason(q, k, v, lse, backward, impl_->sm_major);
   if (!reason.empty()) return reason;
+  // cudnn-frontend refuses fp16/bf16 SDPA (forward and backward) on these two releases: known bugs.
+  if (impl_->cudnn_version == 91000 || impl_->cudnn_version == 91001)
+    return "cuDNN " + std::to_string(impl_->cudnn_version) + " has known SDPA bugs (9.10.0/9.10.1; use 9.10.2 or newer)";
   for (const Tensor* t : {&q, &k, &v, &lse})
     if (!aligned16(*t)) return "data pointer of " + t->describe() + " is not 16-byte aligned";
   const ProblemKey key{backward, q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
