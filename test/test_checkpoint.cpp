@@ -80,10 +80,12 @@ uint64_t align64(uint64_t n) { return (n + 63) / 64 * 64; }
 // correct checksum: lets tests craft structurally valid files whose index is wrong.
 void write_raw_checkpoint(const fs::path& file, const json& header, const std::vector<uint8_t>& data) {
   const std::string text = header.dump();
-  std::vector<uint8_t> bytes = {'P', 'T', 'C', 'K', 'P', 'T', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+  const uint8_t magic[8] = {'P', 'T', 'C', 'K', 'P', 'T', 0, 1};
+  const size_t header_at = 16;
+  // Sized once (growing a 16-byte vector with resize() trips a false GCC 12 -Wstringop-overread).
+  std::vector<uint8_t> bytes(align64(header_at + text.size()), 0);
+  std::copy(magic, magic + 8, bytes.begin());
   store_le64(bytes, 8, text.size());
-  const size_t header_at = bytes.size();
-  bytes.resize(align64(header_at + text.size()), 0);
   std::copy(text.data(), text.data() + text.size(), bytes.data() + header_at);
   bytes.insert(bytes.end(), data.begin(), data.end());
   const uint64_t checksum = XXH3_64bits(bytes.data(), bytes.size());
