@@ -211,3 +211,14 @@ TEST_CASE("fused activation mixture equals the composed sum of c_k * phi_k(h)", 
                                           MixtureCoef::shared),
                   std::invalid_argument);
 }
+
+TEST_CASE("cpu gemm with k = 0 computes beta * C", "[ops]") {
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    const Tensor a = Tensor::zeros({3, 0}, dt), b = Tensor::zeros({0, 4}, dt);
+    Tensor c = Tensor::from_vector<double>({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {3, 4}).to(dt);
+    backend_for(Device::cpu()).gemm(false, false, 3, 4, 0, 1.0, a, b, -1.25, c);
+    const auto v = c.to_vector<double>();
+    for (size_t i = 0; i < v.size(); ++i) CHECK(v[i] == -1.25 * double(i + 1));
+  }
+}

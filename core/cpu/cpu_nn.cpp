@@ -2,6 +2,7 @@
 // gated linear units and the fused cross-entropy.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -32,9 +33,12 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
   if (m == 0 || n == 0) return;
   dispatch_floating(c.dtype(), "gemm", [&](auto t) {
     using T = decltype(t);
+    // Leading dimensions at least 1: with k == 0 BLAS rejects lda/ldb = 0 (and would leave C as it
+    // was) instead of computing C = beta * C.
+    const int64_t lda = std::max<int64_t>(1, trans_a ? m : k), ldb = std::max<int64_t>(1, trans_b ? k : n);
     for (int64_t i = 0; i < batch; ++i)
-      blas_gemm<T>(trans_a, trans_b, m, n, k, T(alpha), a.data<T>() + i * stride_a, trans_a ? m : k,
-                   b.data<T>() + i * stride_b, trans_b ? k : n, T(beta), c.data<T>() + i * stride_c, n);
+      blas_gemm<T>(trans_a, trans_b, m, n, k, T(alpha), a.data<T>() + i * stride_a, lda, b.data<T>() + i * stride_b,
+                   ldb, T(beta), c.data<T>() + i * stride_c, n);
   });
 }
 
