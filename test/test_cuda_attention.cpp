@@ -9,7 +9,7 @@
 // (scalar-load) operands, the errors of forced implementations, and `automatic`.
 //
 // Every case is tagged [gpu] and skips itself, with a visible warning, when no CUDA device is
-// available. Each case sets the implementation back to automatic when it ends.
+// available. Each case puts the implementation setting back as it found it when it ends.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -94,12 +94,27 @@ void set_impl(Impl impl) {
 #endif
 }
 
-// Sets the implementation back to automatic when a test case ends (also on a failed REQUIRE).
+// Puts the implementation setting back when a test case ends (also on a failed REQUIRE): the value
+// it had when the case started (PRETRAIN_ATTENTION's, or an earlier case's), automatic if that
+// cannot be read (an invalid PRETRAIN_ATTENTION), so later cases in the process see what they
+// would have seen without this one.
 struct RestoreAutomatic {
-  RestoreAutomatic() = default;
+#ifdef PRETRAIN_WITH_CUDA
+  pt::cuda::AttentionImpl previous = pt::cuda::AttentionImpl::automatic;
+  RestoreAutomatic() {
+    try {
+      previous = pt::cuda::attention_impl();
+    } catch (const std::exception&) {
+      previous = pt::cuda::AttentionImpl::automatic;
+    }
+  }
+  ~RestoreAutomatic() { pt::cuda::set_attention_impl(previous); }
+#else
+  RestoreAutomatic() {}
+  ~RestoreAutomatic() {}  // user-provided: no unused-variable warnings without the CUDA backend
+#endif
   RestoreAutomatic(const RestoreAutomatic&) = delete;
   RestoreAutomatic& operator=(const RestoreAutomatic&) = delete;
-  ~RestoreAutomatic() { set_impl(Impl::automatic); }
 };
 
 struct Problem {
@@ -424,6 +439,9 @@ TEST_CASE("cuda attention: implementation names and the setting", "[gpu][cuda]")
 TEST_CASE("cuda attention: an invalid PRETRAIN_ATTENTION is an error at the first attention call", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("PRETRAIN_ATTENTION validation");
   // The variable is read once per process, so this runs the executable with it set.
+  // A missing executable would make the shell fail with "not found" (exit 127): say so instead.
+  INFO("pretrain executable: " << PRETRAIN_BINARY);
+  REQUIRE(std::filesystem::is_regular_file(PRETRAIN_BINARY));
   const auto dir = std::filesystem::temp_directory_path() / ("pretrain_cuda_attn_env_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   const std::string command = "PRETRAIN_ATTENTION=bogus \"" + std::string(PRETRAIN_BINARY) + "\" train --run-dir \"" +

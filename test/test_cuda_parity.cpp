@@ -1,6 +1,6 @@
 // CUDA backend parity: every op forward and backward on the GPU against the CPU reference
-// (f32: relative error < 1e-5; bf16: < 2e-2 against the CPU in f32 on the same bf16-rounded
-// inputs; f64: < 1e-10), plus allocator, error reporting, a whole training step and a short
+// (computed in f64 on the same inputs rounded to the GPU run's dtype; f32: relative error < 1e-5;
+// bf16: < 2e-2; f64: < 1e-10), plus allocator, error reporting, a whole training step and a short
 // end-to-end training run. Errors are ||gpu - cpu|| / ||cpu|| over the whole tensor.
 //
 // Every case is tagged [gpu] and skips itself, with a visible warning, when no CUDA device is
@@ -80,16 +80,19 @@ struct RunResult {
   std::vector<Tensor> grads;    // CPU f64 copies (undefined where no grad was asked for)
 };
 
-// Rounds the floating inputs to `round` (so CPU f32 references see exactly the bf16 values the GPU
+// Rounds the floating inputs to `round` (so the CPU reference sees exactly the bf16 values the GPU
 // sees), casts them to `compute`, moves them to `device`, runs the op and the backward of
 // L = sum_i sum(out_i * W_i) with fixed random W_i (rounded the same way).
+// Every run works on its own copies: Tensor::to returns the same tensor when nothing changes, so
+// without clone() a run would mark the caller's tensor requires_grad and accumulate into its grad
+// across check_parity calls that share an input (the norms' x, the unary ops' x).
 RunResult run_op(const OpFn& fn, const std::vector<Tensor>& inputs, const std::vector<bool>& needs_grad,
                  DType compute, DType round, Device device) {
   std::vector<Tensor> ins;
   for (size_t i = 0; i < inputs.size(); ++i) {
     Tensor t = inputs[i];
     if (is_floating(t.dtype())) t = t.to(round).to(compute);
-    t = t.to(device);
+    t = t.to(device).clone();
     if (is_floating(t.dtype()) && needs_grad[i]) t.set_requires_grad(true);
     ins.push_back(t);
   }
@@ -111,14 +114,17 @@ RunResult run_op(const OpFn& fn, const std::vector<Tensor>& inputs, const std::v
   return r;
 }
 
-// GPU vs CPU in f32, bf16 and f64 (f64 only where `with_f64`).
+// GPU vs CPU in f32, bf16 and f64 (f64 only where `with_f64`). The CPU reference always computes
+// in f64 on the inputs rounded to the run's dtype, so the error measured is the GPU's alone: a
+// CPU f32 reference carries its own rounding (its cross-entropy adds 50257 exps one by one in f32,
+// ~1e-5 relative off the exact gradient), which would use up the whole f32 tolerance.
 void check_parity(const std::string& name, const OpFn& fn, const std::vector<Tensor>& inputs,
                   std::vector<bool> needs_grad = {}, bool with_f64 = true, double tol_scale = 1.0) {
   if (needs_grad.empty()) needs_grad.assign(inputs.size(), true);
   std::vector<DType> dtypes = {DType::f32, DType::bf16};
   if (with_f64) dtypes.push_back(DType::f64);
   for (DType dt : dtypes) {
-    const DType ref_compute = dt == DType::f64 ? DType::f64 : DType::f32;
+    const DType ref_compute = DType::f64;
     const RunResult ref = run_op(fn, inputs, needs_grad, ref_compute, dt, kCpu);
     const RunResult got = run_op(fn, inputs, needs_grad, dt, dt, kGpu);
     const double tol = tolerance(dt) * tol_scale;
@@ -632,11 +638,22 @@ TEST_CASE("cuda: training the default spec for 200 steps tracks the CPU run", "[
   const TrainResult gpu = run("cuda");
   REQUIRE(gpu.train_losses.size() == cpu.train_losses.size());
   REQUIRE(gpu.train_losses.size() == 200u);
-  // Early steps agree to rounding; by the end the trajectories may drift apart slightly.
+  // Step 1 runs identical weights on identical data: the losses differ by rounding only.
   CHECK(std::abs(gpu.train_losses[0] - cpu.train_losses[0]) < 1e-4 * std::abs(cpu.train_losses[0]));
-  const double lc = cpu.train_losses.back(), lg = gpu.train_losses.back();
-  INFO("final train loss cpu " << lc << " gpu " << lg << "; val cpu " << cpu.final_val_loss << " gpu "
-                               << gpu.final_val_loss);
-  CHECK(std::abs(lg - lc) < 0.02 * std::abs(lc));
-  if (std::isfinite(cpu.final_val_loss)) CHECK(std::abs(gpu.final_val_loss - cpu.final_val_loss) < 0.02 * cpu.final_val_loss);
+  // Not step by step: the runs drift apart by rounding. This run is strongly contracting, though
+  // (measured on the CPU: lr scaled by 1 + 1e-6 moves the last losses and the val loss by ~1e-7
+  // relative, by 1 + 1e-3 ~3e-5), so the mean of the last 10 train losses and the final val loss
+  // must agree to 0.5%, far above what f32 rounding differences can do and small enough to see a
+  // wrong optimizer, schedule or clipping on the GPU.
+  auto tail_mean = [](const std::vector<double>& losses) {
+    double sum = 0;
+    for (size_t i = losses.size() - 10; i < losses.size(); ++i) sum += losses[i];
+    return sum / 10.0;
+  };
+  const double lc = tail_mean(cpu.train_losses), lg = tail_mean(gpu.train_losses);
+  INFO("mean of the last 10 train losses cpu " << lc << " gpu " << lg << "; val cpu " << cpu.final_val_loss
+                                               << " gpu " << gpu.final_val_loss);
+  CHECK(std::abs(lg - lc) < 5e-3 * std::abs(lc));
+  REQUIRE(std::isfinite(cpu.final_val_loss));  // the synthetic source has validation data
+  CHECK(std::abs(gpu.final_val_loss - cpu.final_val_loss) < 5e-3 * cpu.final_val_loss);
 }

@@ -25,13 +25,26 @@ bool options_cuda_ready() {
   return backend_available(DeviceType::cuda);
 }
 
-double relative_error(const Tensor& got, const Tensor& ref) {
+double l2_norm(const Tensor& t) {
+  double sum = 0;
+  for (double x : t.to_vector<double>()) sum += x * x;
+  return std::sqrt(sum);
+}
+
+// ||got - ref|| / (||ref|| + floor). Some gradients are ~0 at initialisation by cancellation: with
+// unified norms + qk_norm the scale magnitudes of blocks.*.attn.{q,k,v} have gradient norms of
+// 1e-6..2e-5 against a whole-model gradient norm of 2.7 (e.g. q/k scale magnitudes are divided
+// out by the QK-norm up to its eps). Both backends hold f32 rounding noise there, so a plain
+// relative error is meaningless: CPU f32 against CPU f64 already differs by 6e-4 on them. The floor,
+// 1e-3 of the whole model's gradient norm, bounds that noise (CPU f32 vs f64: <= 2e-6 with it)
+// while an absolute error above ~3e-7 on a near-zero gradient still fails.
+double gradient_error(const Tensor& got, const Tensor& ref, double floor) {
   const auto a = got.to_vector<double>(), b = ref.to_vector<double>();
   REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  double num = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]);
   if (!std::isfinite(num)) return INFINITY;
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return std::sqrt(num) / (l2_norm(ref) + floor);
 }
 
 }  // namespace
@@ -71,13 +84,23 @@ TEST_CASE("cuda: option models match the CPU (loss, gradients, diagnostics)", "[
     CHECK(lg.item() == Approx(lc.item()).epsilon(1e-5));
     lc.backward();
     lg.backward();
+    REQUIRE(cpu.parameters().size() == gpu.parameters().size());
+    double total = 0;  // the whole model's gradient norm (CPU)
+    for (const Parameter& pc : cpu.parameters()) {
+      INFO("parameter " << pc.info.name);
+      REQUIRE(pc.value.grad().defined());
+      const double n = l2_norm(pc.value.grad());
+      total += n * n;
+    }
+    const double floor = 1e-3 * std::sqrt(total);
     for (size_t i = 0; i < cpu.parameters().size(); ++i) {
       const Parameter& pc = cpu.parameters()[i];
       const Parameter& pg = gpu.parameters()[i];
       INFO("parameter " << pc.info.name);
-      REQUIRE(pc.value.grad().defined());
       REQUIRE(pg.value.grad().defined());
-      CHECK(relative_error(pg.value.grad(), pc.value.grad()) < 1e-4);
+      const double err = gradient_error(pg.value.grad(), pc.value.grad(), floor);
+      INFO("gradient norm " << l2_norm(pc.value.grad()) << ", error " << err << " (floor " << floor << ")");
+      CHECK(err < 1e-4);
     }
     const nlohmann::json dc = cpu.diagnostics(tokens), dg = gpu.diagnostics(tokens.to(Device::cuda(0)));
     for (const auto& [key, value] : dc.items()) {
