@@ -744,6 +744,27 @@ AttnDims attention_dims(const char* op, const Tensor& q, const Tensor& k, const 
   return dm;
 }
 
+// Outputs and gradients must have the shapes the kernels write (they are preallocated by ops.cpp;
+// a wrong one would otherwise be an out-of-bounds write, not an error).
+void check_attention_tensors(const char* op, const AttnDims& dm, const Tensor& q, const Tensor& k,
+                             std::initializer_list<std::pair<const char*, const Tensor*>> like_q,
+                             std::initializer_list<std::pair<const char*, const Tensor*>> like_k, const Tensor& lse) {
+  auto bad = [&](const char* name, const Tensor& t, const Shape& want) {
+    return std::invalid_argument(std::string(op) + ": " + name + " " + t.describe() + " must have shape " +
+                                 shape_str(want) + ", contiguous, of q's dtype (q " + q.describe() + ")");
+  };
+  for (const auto& [name, t] : like_q)
+    if (t->shape() != q.shape() || !t->is_contiguous() || t->dtype() != q.dtype()) throw bad(name, *t, q.shape());
+  for (const auto& [name, t] : like_k)
+    if (t->shape() != k.shape() || !t->is_contiguous() || t->dtype() != q.dtype()) throw bad(name, *t, k.shape());
+  if (lse.numel() != dm.B * dm.Hq * dm.T || !lse.is_contiguous())
+    throw std::invalid_argument(std::string(op) + ": lse " + lse.describe() + " must hold [" + std::to_string(dm.B) +
+                                ", " + std::to_string(dm.Hq) + ", " + std::to_string(dm.T) + "] contiguous values");
+  for (const Tensor* t : {&q, &k})
+    if (!t->is_contiguous())
+      throw std::invalid_argument(std::string(op) + ": q and k/v must be contiguous, got " + t->describe());
+}
+
 // ---- the selected implementation (PRETRAIN_ATTENTION, set_attention_impl)
 struct ImplSetting {
   std::mutex mutex;
@@ -1026,6 +1047,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     const Tensor& lse) {
   const AttentionImpl impl = current_impl();
   const AttnDims dm = attention_dims("attention", q, k, v);
+  check_attention_tensors("attention", dm, q, k, {{"out", &out}}, {{"v", &v}}, lse);
   if (dm.B * dm.Hq * dm.T == 0 || dm.D == 0) return;
   CudnnSdpa* sdpa = nullptr;
   const Route route = choose_route("attention", impl, q, k, v, lse, false, stream_, &sdpa);
@@ -1052,6 +1074,8 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      const Tensor& dk, const Tensor& dv) {
   const AttentionImpl impl = current_impl();
   const AttnDims dm = attention_dims("attention_backward", q, k, v);
+  check_attention_tensors("attention_backward", dm, q, k, {{"out", &out}, {"dout", &dout}, {"dq", &dq}},
+                          {{"v", &v}, {"dk", &dk}, {"dv", &dv}}, lse);
   if (dm.B * dm.Hq * dm.T == 0 || dm.D == 0) return;
   CudnnSdpa* sdpa = nullptr;
   const Route route = choose_route("attention_backward", impl, q, k, v, lse, true, stream_, &sdpa);
