@@ -21,18 +21,23 @@ struct AdamConsts {
   T b1, b2, gs, step_size, inv_sqrt_bc2, decay, eps;
 };
 
+// One element's update; `decay` = lr * weight_decay.
+template <class T>
+__device__ __forceinline__ void adamw_element(int64_t i, T* p, const T* g, T* m, T* v, const AdamConsts<T>& k,
+                                              T decay) {
+  const T gi = g[i] * k.gs;
+  const T mi = k.b1 * m[i] + (T(1) - k.b1) * gi;
+  const T vi = k.b2 * v[i] + (T(1) - k.b2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  const T denom = sqrt(vi) * k.inv_sqrt_bc2 + k.eps;
+  const T pi = p[i];
+  p[i] = pi - (k.step_size * mi / denom + decay * pi);
+}
+
 template <class T>
 __global__ void adamw_kernel(int64_t n, T* p, const T* g, T* m, T* v, AdamConsts<T> k) {
-  PT_GRID_STRIDE(i, n) {
-    const T gi = g[i] * k.gs;
-    const T mi = k.b1 * m[i] + (T(1) - k.b1) * gi;
-    const T vi = k.b2 * v[i] + (T(1) - k.b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const T denom = sqrt(vi) * k.inv_sqrt_bc2 + k.eps;
-    const T pi = p[i];
-    p[i] = pi - (k.step_size * mi / denom + k.decay * pi);
-  }
+  PT_GRID_STRIDE(i, n) { adamw_element(i, p, g, m, v, k, k.decay); }
 }
 
 constexpr int kMaxTensors = 32;
@@ -63,16 +68,7 @@ __global__ void __launch_bounds__(kMultiThreads) adamw_multi_kernel(AdamwBatch<T
   T* m = batch.m[t];
   T* v = batch.v[t];
   const T decay = batch.decay[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const T gi = g[i] * k.gs;
-    const T mi = k.b1 * m[i] + (T(1) - k.b1) * gi;
-    const T vi = k.b2 * v[i] + (T(1) - k.b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const T denom = sqrt(vi) * k.inv_sqrt_bc2 + k.eps;
-    const T pi = p[i];
-    p[i] = pi - (k.step_size * mi / denom + decay * pi);
-  }
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) adamw_element(i, p, g, m, v, k, decay);
 }
 
 }  // namespace

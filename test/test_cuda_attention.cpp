@@ -26,46 +26,15 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "test/catch.h"
+#include "test/gpu_test.h"
 #ifdef PRETRAIN_WITH_CUDA
 #include "cuda/register.h"
 #endif
 
 using namespace pt;
+using namespace pt::test;
 
 namespace {
-
-bool cuda_ready() {
-#ifdef PRETRAIN_WITH_CUDA
-  pt::cuda::register_cuda_backend();
-#endif
-  return backend_available(DeviceType::cuda);
-}
-
-#define REQUIRE_GPU_OR_SKIP(name)                \
-  if (!cuda_ready()) {                           \
-    WARN("no CUDA GPU: skipping " << (name));    \
-    return;                                      \
-  }
-
-const Device kGpu = Device::cuda(0);
-const Device kCpu = Device::cpu();
-
-double rel_err(const Tensor& got, const Tensor& ref) {
-  const auto a = got.to_vector<double>(), b = ref.to_vector<double>();
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  if (!std::isfinite(num)) return INFINITY;
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-Tensor randn(const Shape& shape, uint64_t seed, double std = 1.0) {
-  Rng rng(seed);
-  return Tensor::randn(shape, rng, std, DType::f32);
-}
 
 // The CUDA attention implementations, mirrored so the file compiles without the CUDA backend.
 enum class Impl { automatic, cudnn, tiled, simple };

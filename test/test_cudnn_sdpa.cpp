@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "test/catch.h"
+#include "test/gpu_test.h"
 #ifdef PRETRAIN_WITH_CUDA
 #include "cuda/backend.h"
 #include "cuda/cudnn_sdpa.h"
@@ -21,36 +22,9 @@
 #endif
 
 using namespace pt;
+using namespace pt::test;
 
 namespace {
-
-bool sdpa_cuda_ready() {
-#ifdef PRETRAIN_WITH_CUDA
-  pt::cuda::register_cuda_backend();
-#endif
-  return backend_available(DeviceType::cuda);
-}
-
-#define REQUIRE_GPU_OR_SKIP(name)             \
-  if (!sdpa_cuda_ready()) {                   \
-    WARN("no CUDA GPU: skipping " << (name)); \
-    return;                                   \
-  }
-
-[[maybe_unused]] const Device kGpu = Device::cuda(0);
-[[maybe_unused]] const Device kCpu = Device::cpu();
-
-[[maybe_unused]] double rel_err(const Tensor& got, const Tensor& ref) {
-  const auto a = got.to_vector<double>(), b = ref.to_vector<double>();
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  if (!std::isfinite(num)) return INFINITY;
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 [[maybe_unused]] double max_abs_diff(const Tensor& got, const Tensor& ref) {
   const auto a = got.to_vector<double>(), b = ref.to_vector<double>();

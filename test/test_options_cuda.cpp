@@ -10,20 +10,11 @@
 #include "core/model.h"
 #include "core/spec.h"
 #include "test/catch.h"
-#ifdef PRETRAIN_WITH_CUDA
-#include "cuda/register.h"
-#endif
+#include "test/gpu_test.h"
 
 using namespace pt;
 
 namespace {
-
-bool options_cuda_ready() {
-#ifdef PRETRAIN_WITH_CUDA
-  pt::cuda::register_cuda_backend();
-#endif
-  return backend_available(DeviceType::cuda);
-}
 
 double l2_norm(const Tensor& t) {
   double sum = 0;
@@ -50,10 +41,7 @@ double gradient_error(const Tensor& got, const Tensor& ref, double floor) {
 }  // namespace
 
 TEST_CASE("cuda: option models match the CPU (loss, gradients, diagnostics)", "[gpu][options]") {
-  if (!options_cuda_ready()) {
-    WARN("no CUDA GPU: skipping option parity");
-    return;
-  }
+  REQUIRE_GPU_OR_SKIP("option parity");
   const std::vector<std::vector<std::string>> variants{
       {"model.norm.unified=true", "model.norm.qk_norm=true"},
       {"model.norm.scale_placement=both", "model.norm.scale=zero_centered", "model.norm.type=layernorm", "model.bias=true"},
