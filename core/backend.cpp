@@ -41,6 +41,18 @@ void Backend::adamw_step_multi(const std::vector<AdamwTensors>& group, double gr
     adamw_step(t.param, t.grad, grad_scale, t.m, t.v, lr, beta1, beta2, eps, t.weight_decay, step);
 }
 
+void Backend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                                   const Tensor& sum, const Tensor& y, const Tensor& rstd) {
+  binary(BinaryOp::add, x, residual, sum);
+  rms_norm_forward(sum, weight, eps, y, rstd);
+}
+
+void Backend::rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                                    const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) {
+  rms_norm_backward(x, weight, rstd, dy, dx, dweight);
+  binary(BinaryOp::add, dx, dresidual, dx);
+}
+
 void register_backend(DeviceType type, Backend* backend) {
   if (type == DeviceType::cuda) cuda_backend = backend;
 }

@@ -81,6 +81,15 @@ class Backend {
   // dweight (may be undefined) is accumulated into: dweight += sum_rows(dy * x * rstd).
   virtual void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                                  const Tensor& dx, const Tensor& dweight) = 0;
+  // The residual add fused with the RMSNorm that follows it (pre-norm blocks): sum = x + residual,
+  // rounded to the dtype, then rms_norm_forward of sum into y and rstd (exactly an add followed by
+  // rms_norm). x, residual, sum, y [N, D]. The default composes binary add + rms_norm_forward.
+  virtual void add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                                    const Tensor& sum, const Tensor& y, const Tensor& rstd);
+  // rms_norm_backward of x (the sum) plus the gradient that reached the sum directly:
+  // dx = dresidual + rms_norm dx. The default composes rms_norm_backward + binary add.
+  virtual void rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                                     const Tensor& dresidual, const Tensor& dx, const Tensor& dweight);
   // y = (x - mean) * rstd * weight + bias; weight/bias [D] or undefined.
   virtual void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                   const Tensor& y, const Tensor& mean, const Tensor& rstd) = 0;

@@ -264,6 +264,16 @@ Tensor Transformer::norm(const Tensor& x, const std::string& prefix) const {
   return ops::rms_norm(x, weight, spec_.norm.eps);
 }
 
+std::pair<Tensor, Tensor> Transformer::add_norm(const Tensor& x, const Tensor& residual,
+                                               const std::string& prefix) const {
+  if (spec_.norm.type == "layernorm") {
+    const Tensor sum = ops::add(x, residual);
+    return {sum, norm(sum, prefix)};
+  }
+  const std::vector<Tensor> out = ops::add_rms_norm(x, residual, scale_value(prefix + ".weight"), spec_.norm.eps);
+  return {out[0], out[1]};
+}
+
 std::vector<Tensor> Transformer::project(const Tensor& x, const std::string& linear_prefix,
                                         const std::string& branch_prefix,
                                         const std::vector<std::pair<std::string, int64_t>>& branches,
@@ -432,9 +442,11 @@ Tensor Transformer::hidden(const Tensor& tokens) const {
   }
   for (int64_t l = 0; l < spec_.n_layers; ++l) {
     const std::string p = "blocks." + std::to_string(l);
+    // Pre-norm block: x = h + attn(norm(h)); out = x + mlp(norm(x)), the first add fused with the
+    // norm that reads it.
     auto block = [this, p](const std::vector<Tensor>& in) {
-      Tensor x = ops::add(in[0], attention(norm(in[0], p + ".attn_norm"), p + ".attn"));
-      return ops::add(x, mlp(norm(x, p + ".mlp_norm"), p + ".mlp"));
+      const auto [x, x_normed] = add_norm(in[0], attention(norm(in[0], p + ".attn_norm"), p + ".attn"), p + ".mlp_norm");
+      return ops::add(x, mlp(x_normed, p + ".mlp"));
     };
     h = execution_.recompute_blocks ? ops::recompute(block, {h}) : block({h});
   }

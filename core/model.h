@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -93,6 +94,8 @@ class Transformer {
 
  private:
   Tensor norm(const Tensor& x, const std::string& prefix) const;
+  // {x + residual, norm(x + residual)}: the residual add fused with the norm that reads it (RMSNorm).
+  std::pair<Tensor, Tensor> add_norm(const Tensor& x, const Tensor& residual, const std::string& prefix) const;
   Tensor norm_over_last(const Tensor& x, const std::string& prefix) const;  // QK-norm (no bias)
   Tensor attention(const Tensor& x, const std::string& prefix) const;
   Tensor mlp(const Tensor& x, const std::string& prefix) const;

@@ -501,6 +501,38 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return y;
 }
 
+std::vector<Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
+  check_defined("add_rms_norm", x, "x");
+  check_defined("add_rms_norm", residual, "residual");
+  check_compatible("add_rms_norm", {{"x", &x}, {"residual", &residual}, {"weight", &weight}});
+  if (x.ndim() < 1 || x.size(-1) == 0 || residual.shape() != x.shape() ||
+      (weight.defined() && weight.shape() != Shape{x.size(-1)}))
+    fail("add_rms_norm", "x " + shape_str(x.shape()) + ", residual " + shape_str(residual.shape()) + " and weight " +
+                             shape_str(weight.shape()) +
+                             " (expected x and residual of one shape with a non-empty last dim, weight [last dim])");
+  const Tensor xc = x.contiguous(), rc = residual.contiguous();
+  const Tensor w = weight.defined() ? weight.contiguous() : Tensor();
+  const int64_t rows = xc.numel() / xc.size(-1);
+  Tensor sum = like(xc), y = like(xc);
+  Tensor rstd = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
+  be(xc).add_rms_norm_forward(xc, rc, w, eps, sum, y, rstd);
+  const Tensor sd = sum.detach(), wd = w.detach(), rd = rstd.detach();
+  record_op("add_rms_norm", {x, residual, weight}, {sum, y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    // d(sum) total = the gradient that reached sum directly + the norm's backward; x and residual
+    // both get it (a sum's inputs share its gradient).
+    Tensor dsum = like(sd);
+    Tensor dw = wd.defined() ? zeros_like(wd) : Tensor();
+    if (g[1].defined() && g[0].defined())
+      be(sd).rms_norm_backward_add(sd, wd, rd, g[1].contiguous(), g[0].contiguous(), dsum, dw);
+    else if (g[1].defined())
+      be(sd).rms_norm_backward(sd, wd, rd, g[1].contiguous(), dsum, dw);
+    else
+      be(sd).copy(g[0], dsum);  // only sum was used: the norm contributes nothing
+    return {dsum, dsum, dw};
+  });
+  return {sum, y};
+}
+
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   check_defined("layer_norm", x, "x");
   check_compatible("layer_norm", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});

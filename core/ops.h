@@ -50,6 +50,9 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
 Tensor embedding(const Tensor& ids, const Tensor& table);
 // RMSNorm over the last dim; weight [D] or undefined (no scale).
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+// {sum, rms_norm(sum, weight, eps)} with sum = x + residual (same shape): the residual add of a
+// pre-norm block fused with the norm that reads it. Same values as add() then rms_norm().
+std::vector<Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps);
 // LayerNorm over the last dim; weight/bias [D] or undefined.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 // Rotary position embedding of x [B, T, H, D] (D even), positions 0..T-1.

@@ -108,6 +108,15 @@ void ProfilingBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, 
                                          const Tensor& dx, const Tensor& dweight) {
   timed("rms_norm_backward", [&] { inner_.rms_norm_backward(x, weight, rstd, dy, dx, dweight); });
 }
+void ProfilingBackend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                                            double eps, const Tensor& sum, const Tensor& y, const Tensor& rstd) {
+  timed("add_rms_norm_forward", [&] { inner_.add_rms_norm_forward(x, residual, weight, eps, sum, y, rstd); });
+}
+void ProfilingBackend::rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                                             const Tensor& dy, const Tensor& dresidual, const Tensor& dx,
+                                             const Tensor& dweight) {
+  timed("rms_norm_backward_add", [&] { inner_.rms_norm_backward_add(x, weight, rstd, dy, dresidual, dx, dweight); });
+}
 void ProfilingBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                           const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   timed("layer_norm_forward", [&] { inner_.layer_norm_forward(x, weight, bias, eps, y, mean, rstd); });

@@ -61,6 +61,10 @@ class CudaBackend final : public Backend {
                         const Tensor& rstd) override;
   void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                          const Tensor& dx, const Tensor& dweight) override;
+  void add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                            const Tensor& sum, const Tensor& y, const Tensor& rstd) override;
+  void rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                             const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) override;
   void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                           const Tensor& mean, const Tensor& rstd) override;
   void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,

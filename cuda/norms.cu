@@ -12,6 +12,10 @@
 // Weight/bias grads are accumulated (+=) with the deterministic column reduction of common.cuh
 // (no atomics): dw += sum_rows(g * x_hat), db += sum_rows(g).
 // mean/rstd tensors are the data dtype or f32 (dispatch_stat).
+// Fused residual (add_rms_norm_forward / rms_norm_backward_add): the rms kernels take an optional
+// residual branch r and write sum = x + r (rounded to the dtype, the value the statistics and the
+// output are computed from, exactly as an add followed by rms_norm); the backward takes an optional
+// dres and writes dx = dres + the rms_norm dx. One pass over the rows instead of two each way.
 #include <initializer_list>
 
 #include "cuda/common.cuh"
@@ -47,9 +51,11 @@ struct RowPack {
   }
 };
 
+// res == nullptr: plain rms_norm of x. Otherwise the normalised row is sum = x + res, written to
+// sum_out; the second loop re-reads the packs this thread wrote itself (no other thread touches them).
 template <class T, class S, bool VEC>
-__global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, double eps, T* y,
-                                        S* rstd) {
+__global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* res, T* sum_out, const T* w,
+                                        double eps, T* y, S* rstd) {
   using A = acc_t<T>;
   using RP = RowPack<T, VEC>;
   constexpr int P = RP::P;
@@ -60,6 +66,13 @@ __global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, c
     for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
       RP xp;
       xp.load(xr, j);
+      if (res) {
+        RP rp;
+        rp.load(res + r * dim, j);
+#pragma unroll
+        for (int k = 0; k < P; ++k) xp.v[k] = cvt<T>(cvt<A>(xp.v[k]) + cvt<A>(rp.v[k]));
+        xp.store(sum_out + r * dim, j);
+      }
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         const A v = cvt<A>(xp.v[k]);
@@ -69,6 +82,7 @@ __global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, c
     ss = block_sum(ss);
     const A inv = A(1) / sqrt(ss / A(dim) + A(eps));
     if (threadIdx.x == 0) rstd[r] = cvt<S>(inv);
+    if (res) xr = sum_out + r * dim;
     T* yr = y + r * dim;
     for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
       RP xp, wp, yp;
@@ -81,9 +95,10 @@ __global__ void rms_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, c
   }
 }
 
+// dres == nullptr: plain rms_norm backward; otherwise dx = dres + (the rms_norm dx).
 template <class T, class S, bool VEC>
 __global__ void rms_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const S* rstd,
-                                         const T* dy, T* dx) {
+                                         const T* dy, const T* dres, T* dx) {
   using A = acc_t<T>;
   using RP = RowPack<T, VEC>;
   constexpr int P = RP::P;
@@ -105,13 +120,15 @@ __global__ void rms_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, 
     const A mean_dot = dot / A(dim);
     T* dr = dx + r * dim;
     for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
-      RP xp, gp, wp, dp;
+      RP xp, gp, wp, dp, rp;
       xp.load(xr, j);
       gp.load(gr, j);
       if (w) wp.load(w, j);
+      if (dres) rp.load(dres + r * dim, j);
 #pragma unroll
       for (int k = 0; k < P; ++k)
-        dp.v[k] = cvt<T>(inv * (cvt<A>(gp.v[k]) * (w ? cvt<A>(wp.v[k]) : A(1)) - cvt<A>(xp.v[k]) * inv * mean_dot));
+        dp.v[k] = cvt<T>(inv * (cvt<A>(gp.v[k]) * (w ? cvt<A>(wp.v[k]) : A(1)) - cvt<A>(xp.v[k]) * inv * mean_dot) +
+                         (dres ? cvt<A>(rp.v[k]) : A(0)));
       dp.store(dr, j);
     }
   }
@@ -201,48 +218,75 @@ bool rms_vec(int64_t dim, std::initializer_list<const Tensor*> tensors) {
 }
 }  // namespace
 
-void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
-                                   const Tensor& rstd) {
+namespace {
+// sum = x + res when res is defined (add_rms_norm_forward), else plain rms_norm of x.
+void launch_rms_forward(cudaStream_t stream, const Tensor& x, const Tensor& res, const Tensor& sum,
+                        const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd, const char* op) {
   const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
   if (rows == 0) return;
-  dispatch_float(x.dtype(), "rms_norm", [&](auto t) {
+  dispatch_float(x.dtype(), op, [&](auto t) {
     using T = decltype(t);
-    dispatch_stat<T>(rstd, "rms_norm", [&](auto s) {
+    dispatch_stat<T>(rstd, op, [&](auto s) {
       using S = decltype(s);
-      if (rms_vec<T>(dim, {&x, &weight, &y})) {
-        rms_norm_forward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream_>>>(
-            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+      if (rms_vec<T>(dim, {&x, &res, &sum, &weight, &y})) {
+        rms_norm_forward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(res), ptr_or_null<T>(sum), ptr_or_null<T>(weight), eps, ptr<T>(y),
+            ptr<S>(rstd));
       } else {
-        rms_norm_forward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
-            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), eps, ptr<T>(y), ptr<S>(rstd));
+        rms_norm_forward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(res), ptr_or_null<T>(sum), ptr_or_null<T>(weight), eps, ptr<T>(y),
+            ptr<S>(rstd));
       }
       CUDA_CHECK_LAUNCH();
     });
   });
 }
 
-void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                                    const Tensor& dx, const Tensor& dweight) {
+// dx = (dres if defined) + rms_norm dx; dweight += sum_rows(dy * x_hat) when defined.
+void launch_rms_backward(cudaStream_t stream, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                         const Tensor& dy, const Tensor& dres, const Tensor& dx, const Tensor& dweight,
+                         const char* op) {
   const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
   if (rows == 0) return;
-  dispatch_float(x.dtype(), "rms_norm_backward", [&](auto t) {
+  dispatch_float(x.dtype(), op, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
-    dispatch_stat<T>(rstd, "rms_norm_backward", [&](auto s) {
+    dispatch_stat<T>(rstd, op, [&](auto s) {
       using S = decltype(s);
-      if (rms_vec<T>(dim, {&x, &weight, &dy, &dx})) {
-        rms_norm_backward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream_>>>(
-            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+      if (rms_vec<T>(dim, {&x, &weight, &dy, &dres, &dx})) {
+        rms_norm_backward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr_or_null<T>(dres), ptr<T>(dx));
       } else {
-        rms_norm_backward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream_>>>(
-            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr<T>(dx));
+        rms_norm_backward_kernel<T, S, false><<<row_grid(rows), row_threads(dim), 0, stream>>>(
+            rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr_or_null<T>(dres), ptr<T>(dx));
       }
       CUDA_CHECK_LAUNCH();
       if (dweight.defined())
-        column_reduce<A, T>(stream_, rows, dim, GradXhat<T, S>{ptr<T>(dy), ptr<T>(x), nullptr, ptr<S>(rstd), dim},
+        column_reduce<A, T>(stream, rows, dim, GradXhat<T, S>{ptr<T>(dy), ptr<T>(x), nullptr, ptr<S>(rstd), dim},
                             ptr<T>(dweight), true);
     });
   });
+}
+}  // namespace
+
+void CudaBackend::rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
+                                   const Tensor& rstd) {
+  launch_rms_forward(stream_, x, Tensor(), Tensor(), weight, eps, y, rstd, "rms_norm");
+}
+
+void CudaBackend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
+                                       const Tensor& sum, const Tensor& y, const Tensor& rstd) {
+  launch_rms_forward(stream_, x, residual, sum, weight, eps, y, rstd, "add_rms_norm");
+}
+
+void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                                    const Tensor& dx, const Tensor& dweight) {
+  launch_rms_backward(stream_, x, weight, rstd, dy, Tensor(), dx, dweight, "rms_norm_backward");
+}
+
+void CudaBackend::rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                                        const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) {
+  launch_rms_backward(stream_, x, weight, rstd, dy, dresidual, dx, dweight, "rms_norm_backward_add");
 }
 
 void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,

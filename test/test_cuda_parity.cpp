@@ -406,6 +406,19 @@ TEST_CASE("cuda: rms_norm and layer_norm (forward and backward)", "[gpu][cuda]")
   }
 }
 
+TEST_CASE("cuda: add_rms_norm, the residual add fused with the norm (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("add_rms_norm");
+  // Both outputs used; dims with 128-bit packs (64, 768) and without (100).
+  for (int64_t dim : {64, 100, 768}) {
+    check_parity("add_rms_norm dim " + std::to_string(dim), [](const std::vector<Tensor>& in) {
+      return ops::add_rms_norm(in[0], in[1], in[2], 1e-5);
+    }, {randn({3, 7, dim}, 70), randn({3, 7, dim}, 71), positive({dim}, 72)});
+  }
+  check_parity("add_rms_norm (no weight, only the normed output)", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::add_rms_norm(in[0], in[1], Tensor(), 1e-5)[1]};
+  }, {randn({5, 96}, 73), randn({5, 96}, 74)});
+}
+
 TEST_CASE("cuda: rope (forward and backward)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("rope");
   check_parity("rope", [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::rope(in[0], 10000.0)}; },

@@ -85,6 +85,31 @@ TEST_CASE("gradcheck: linear_split (fused projection, one output per part)", "[o
   CHECK_THROWS_AS(ops::linear_split(x, w, b, {2, 4}), std::invalid_argument);  // rows do not add up
 }
 
+TEST_CASE("gradcheck: add_rms_norm (residual add fused with the norm)", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 6}, 27);
+  auto r = random_f64({2, 3, 6}, 28);
+  auto w = random_f64({6}, 29);
+  // Both outputs used (the block's case), only the normed one, only the sum, and without weight.
+  CHECK_GRAD(gradcheck(
+      [](auto& in) {
+        auto out = ops::add_rms_norm(in[0], in[1], in[2], 1e-5);
+        return ops::add(ops::scale(out[0], 0.7), ops::mul(out[1], out[1]));
+      },
+      {x, r, w}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::add_rms_norm(in[0], in[1], in[2], 1e-5)[1]; },
+                       {x.clone(), r.clone(), w.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::mul(ops::add_rms_norm(in[0], in[1], Tensor(), 1e-5)[0], in[0]); },
+                       {x.clone(), r.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::add_rms_norm(in[0], in[1], Tensor(), 1e-5)[1]; },
+                       {x.clone(), r.clone()}));
+  // Forward: exactly add() then rms_norm().
+  const auto out = ops::add_rms_norm(x, r, w, 1e-5);
+  const Tensor sum = ops::add(x, r);
+  CHECK(out[0].to_vector<double>() == sum.to_vector<double>());
+  CHECK(out[1].to_vector<double>() == ops::rms_norm(sum, w, 1e-5).to_vector<double>());
+  CHECK_THROWS_AS(ops::add_rms_norm(x, random_f64({2, 3, 5}, 30), Tensor(), 1e-5), std::invalid_argument);
+}
+
 TEST_CASE("gradcheck: embedding (repeated ids accumulate)", "[ops][gradcheck]") {
   Tensor ids = Tensor::from_vector<int32_t>({1, 3, 1, 0, 3, 3}, {2, 3});
   auto table = random_f64({5, 4}, 10);
