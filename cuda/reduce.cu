@@ -4,7 +4,9 @@
 // sum_to has two kernels:
 //  * column path: x dense and the reduced dims all lead the kept ones ([R, C] -> [1, C], e.g. a
 //    bias gradient): the deterministic two-stage column reduction of common.cuh.
-//  * general path: one block per output element, threads stride over the reduced elements
+//  * row path: x dense and the reduced dims all trail the kept ones ([R, C] -> [R, 1] with short
+//    rows, e.g. a head-wise gate's gradient [B, T, H, D] -> [B, T, H, 1]): one warp per output.
+//  * general path (otherwise): one block per output element, threads stride over the reduced elements
 //    (offsets through two StridedMetas: kept dims and reduced dims), block tree sum.
 // sum_squares: a fixed grid of block partials, then one block adds them in order (deterministic).
 #include "cuda/common.cuh"
@@ -20,6 +22,20 @@ struct LoadDouble {
   int64_t cols;
   __device__ double operator()(int64_t r, int64_t c) const { return cvt<double>(x[r * cols + c]); }
 };
+
+// out[o] = sum of row o of a dense x [n_out, n_red], one warp per row (fp64, fixed order).
+template <class T>
+__global__ void sum_rows_warp_kernel(int64_t n_out, int64_t n_red, const T* x, T* out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * warps + warp; o < n_out;
+       o += static_cast<int64_t>(gridDim.x) * warps) {
+    const T* row = x + o * n_red;
+    double acc = 0;
+    for (int64_t r = lane; r < n_red; r += 32) acc += cvt<double>(row[r]);
+    acc = warp_sum(acc);
+    if (lane == 0) out[o] = cvt<T>(acc);
+  }
+}
 
 // out[o] = sum over the reduced index r of x[kept_off(o) + red_off(r)]
 template <class T>
@@ -66,15 +82,18 @@ void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
   if (!out.is_contiguous()) throw std::invalid_argument("sum_to: output must be contiguous");
   const size_t nd = x.shape().size();
   Shape kept_shape, kept_strides, red_shape, red_strides;
-  bool leading = true, seen_kept = false;  // reduced dims all before kept ones?
+  bool leading = true, seen_kept = false;    // reduced dims all before kept ones?
+  bool trailing = true, seen_reduced = false;  // reduced dims all after kept ones?
   for (size_t d = 0; d < nd; ++d) {
     const int64_t xs = x.shape()[d], os = out.shape()[d];
     if (os == xs) {
       if (xs != 1) seen_kept = true;
+      if (xs != 1 && seen_reduced) trailing = false;
       kept_shape.push_back(xs);
       kept_strides.push_back(x.strides()[d]);
     } else if (os == 1) {
       if (seen_kept) leading = false;
+      seen_reduced = true;
       red_shape.push_back(xs);
       red_strides.push_back(x.strides()[d]);
     } else {
@@ -89,6 +108,11 @@ void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
       fill(out, 0.0);
     } else if (x.is_contiguous() && leading && n_out > 1) {
       column_reduce<double, T>(stream_, n_red, n_out, LoadDouble<T>{ptr<T>(x), n_out}, ptr<T>(out), false);
+    } else if (x.is_contiguous() && trailing && n_red <= 4096) {
+      constexpr int warps = 8;
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_out + warps - 1) / warps, int64_t{1} << 20));
+      sum_rows_warp_kernel<T><<<blocks, 32 * warps, 0, stream_>>>(n_out, n_red, ptr<T>(x), ptr<T>(out));
+      CUDA_CHECK_LAUNCH();
     } else {
       const auto kept = make_meta<1>(kept_shape, {&kept_strides}, "sum_to");
       const auto reduced = make_meta<1>(red_shape, {&red_strides}, "sum_to");
