@@ -7,6 +7,7 @@
 // one floating dtype; outputs are preallocated by the caller.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,17 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual void synchronize() {}
+
+  // ---- device timestamps (ProfilingBackend): a backend whose work runs asynchronously records a
+  // marker in its queue and reports, after synchronize(), the device time between two markers, so
+  // a profile charges each call its device time without synchronising around it. Markers are
+  // numbered from 0 after each reset_timestamps().
+  virtual bool has_timestamps() const { return false; }
+  virtual int64_t record_timestamp() { throw std::logic_error(name() + " backend has no device timestamps"); }
+  virtual double seconds_between(int64_t /*from*/, int64_t /*to*/) {
+    throw std::logic_error(name() + " backend has no device timestamps");
+  }
+  virtual void reset_timestamps() {}
 
   // ---- memory
   // dst[i] = src[i] for tensors of one shape; either may be strided (views); dtypes may differ (cast).

@@ -5,8 +5,27 @@
 
 namespace pt {
 
+// Calls that pile up unread before flush() reads them (each holds two device timestamps).
+constexpr size_t kMaxPendingCalls = 16384;
+
 template <class Fn>
 auto ProfilingBackend::timed(const std::string& key, Fn&& fn) -> decltype(fn()) {
+  if (device_timestamps_) {
+    if (pending_.size() >= kMaxPendingCalls) flush();
+    struct Mark {  // records the closing timestamp even when fn throws
+      ProfilingBackend* self;
+      const std::string& key;
+      int64_t start;
+      ~Mark() {
+        try {
+          self->pending_.push_back({key, start, self->inner_.record_timestamp()});
+        } catch (...) {  // a failing device: the call's own error is the one to report
+        }
+      }
+    };
+    Mark mark{this, key, inner_.record_timestamp()};
+    return fn();
+  }
   inner_.synchronize();
   const auto t0 = std::chrono::steady_clock::now();
   struct Charge {  // charges the time even when fn throws
@@ -31,7 +50,25 @@ auto ProfilingBackend::timed(const std::string& key, Fn&& fn) -> decltype(fn()) 
   }
 }
 
+void ProfilingBackend::flush() const {
+  if (pending_.empty()) return;
+  inner_.synchronize();
+  for (const Pending& p : pending_) {
+    Total& t = totals_[p.key];
+    ++t.calls;
+    t.seconds += inner_.seconds_between(p.start, p.end);
+  }
+  pending_.clear();
+  inner_.reset_timestamps();
+}
+
+void ProfilingBackend::reset() {
+  flush();
+  totals_.clear();
+}
+
 std::vector<ProfilingBackend::Entry> ProfilingBackend::entries() const {
+  flush();
   std::vector<Entry> out;
   for (const auto& [key, t] : totals_) out.push_back({key, t.calls, t.seconds});
   std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.seconds > b.seconds; });
@@ -39,6 +76,7 @@ std::vector<ProfilingBackend::Entry> ProfilingBackend::entries() const {
 }
 
 double ProfilingBackend::total_seconds() const {
+  flush();
   double s = 0.0;
   for (const auto& [key, t] : totals_) s += t.seconds;
   return s;

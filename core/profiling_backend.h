@@ -1,8 +1,11 @@
 // ProfilingBackend: a Backend decorator that times every kernel call of another backend, for
-// `pretrain bench --profile`. Each call is bracketed by synchronize() and host clock reads, so the
-// time charged to an op is its device time plus its launch overhead, and nothing overlaps: the
-// totals over-count a pipelined step slightly but attribute it exactly. GEMMs and attention calls
-// are keyed by their shapes, everything else by the kernel's name.
+// `pretrain bench --profile`. GEMMs and attention calls are keyed by their shapes, everything else
+// by the kernel's name. Two ways of timing, chosen by the inner backend:
+//  - device timestamps (CUDA): a marker is recorded in the queue before and after each call and
+//    the device time between them is read later (flush), so calls are neither synchronised nor
+//    charged their launch overhead: the totals are the step's device time, op by op. When the host
+//    cannot keep the device busy, the idle time falls between calls and is charged to none.
+//  - otherwise (CPU): each call is bracketed by synchronize() and host clock reads.
 #pragma once
 
 #include <chrono>
@@ -17,17 +20,21 @@ namespace pt {
 
 class ProfilingBackend final : public Backend {
  public:
-  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+  explicit ProfilingBackend(Backend& inner) : inner_(inner), device_timestamps_(inner.has_timestamps()) {
+    if (device_timestamps_) inner_.reset_timestamps();
+  }
 
   struct Entry {
     std::string key;
     int64_t calls = 0;
     double seconds = 0.0;
   };
-  // Entries sorted by total time, largest first.
+  // Entries sorted by total time, largest first (reading device timestamps synchronises).
   std::vector<Entry> entries() const;
   double total_seconds() const;
-  void reset() { totals_.clear(); }
+  void reset();
+  // Whether calls are timed by device timestamps (true) or synchronised host clocks (false).
+  bool uses_device_timestamps() const { return device_timestamps_; }
 
   std::string name() const override { return inner_.name() + "+profile"; }
   void synchronize() override { inner_.synchronize(); }
@@ -90,12 +97,21 @@ class ProfilingBackend final : public Backend {
   template <class Fn>
   auto timed(const std::string& key, Fn&& fn) -> decltype(fn());
 
+  // Reads the device time of the pending calls into totals_ (synchronises).
+  void flush() const;
+
   Backend& inner_;
+  bool device_timestamps_;
   struct Total {
     int64_t calls = 0;
     double seconds = 0.0;
   };
-  std::map<std::string, Total> totals_;
+  mutable std::map<std::string, Total> totals_;
+  struct Pending {
+    std::string key;
+    int64_t start, end;  // timestamps around the call
+  };
+  mutable std::vector<Pending> pending_;
 };
 
 }  // namespace pt

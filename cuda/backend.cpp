@@ -66,6 +66,25 @@ void CudaBackend::sync_and_check() {
 
 void CudaBackend::synchronize() { sync_and_check(); }
 
+int64_t CudaBackend::record_timestamp() {
+  if (next_timestamp_ == static_cast<int64_t>(timestamps_.size())) {
+    cudaEvent_t event = nullptr;
+    CUDA_CHECK(cudaEventCreate(&event));
+    timestamps_.push_back(event);
+  }
+  CUDA_CHECK(cudaEventRecord(timestamps_[static_cast<size_t>(next_timestamp_)], stream_));
+  return next_timestamp_++;
+}
+
+double CudaBackend::seconds_between(int64_t from, int64_t to) {
+  if (from < 0 || to < 0 || from >= next_timestamp_ || to >= next_timestamp_)
+    throw std::out_of_range("seconds_between: timestamp " + std::to_string(from) + " or " + std::to_string(to) +
+                            " was not recorded (" + std::to_string(next_timestamp_) + " since the last reset)");
+  float ms = 0.0f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, timestamps_[static_cast<size_t>(from)], timestamps_[static_cast<size_t>(to)]));
+  return static_cast<double>(ms) * 1e-3;
+}
+
 void CudaBackend::copy_from_host(const void* src, const Tensor& dst) {
   if (!dst.is_contiguous()) throw std::invalid_argument("copy_from_host into a non-contiguous tensor");
   if (!dst.nbytes()) return;

@@ -37,6 +37,10 @@ class CudaBackend final : public Backend {
   CudaBackend();  // creates the stream, handles and workspace on the current device
   std::string name() const override { return "cuda"; }
   void synchronize() override;
+  bool has_timestamps() const override { return true; }
+  int64_t record_timestamp() override;
+  double seconds_between(int64_t from, int64_t to) override;
+  void reset_timestamps() override { next_timestamp_ = 0; }
 
   void copy(const Tensor& src, const Tensor& dst) override;
   void fill(const Tensor& dst, double value) override;
@@ -118,6 +122,8 @@ class CudaBackend final : public Backend {
   double* reduce_scratch_ = nullptr;  // block partials of sum_squares
   double* reduce_host_ = nullptr;     // pinned result of sum_squares
   std::map<std::tuple<int64_t, int64_t, double, DType>, Tensor> rope_tables_;
+  std::vector<cudaEvent_t> timestamps_;  // record_timestamp's markers, reused after reset_timestamps
+  int64_t next_timestamp_ = 0;
   std::mutex mutex_;  // guards the caches (kernels themselves are stream-ordered)
   // cuBLASLt algorithm cache keyed by the problem (see gemm.cpp)
   struct LtPlan;

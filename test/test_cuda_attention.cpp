@@ -414,7 +414,7 @@ TEST_CASE("cuda attention: an invalid PRETRAIN_ATTENTION is an error at the firs
   const auto dir = std::filesystem::temp_directory_path() / ("pretrain_cuda_attn_env_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   const std::string command = "PRETRAIN_ATTENTION=bogus \"" + std::string(PRETRAIN_BINARY) + "\" train --run-dir \"" +
-                              dir.string() + "\" --set training.device=cuda --set training.steps=1 2>&1";
+                              dir.string() + "\" --set training.device=cuda --set training.steps=1 --set schedule.warmup_steps=0 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe != nullptr);
   std::string output;

@@ -428,6 +428,11 @@ TEST_CASE("cuda: rope (forward and backward)", "[gpu][cuda]") {
   check_parity("rope theta 500000", [](const std::vector<Tensor>& in) {
     return std::vector<Tensor>{ops::rope(in[0], 500000.0)};
   }, {randn({1, 130, 2, 64}, 81)});
+  // D/2 = 3 and 10: no whole 128-bit packs (the scalar path) for every dtype, resp. for bf16 and f32.
+  check_parity("rope D 6", [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::rope(in[0], 10000.0)}; },
+               {randn({2, 5, 3, 6}, 82)});
+  check_parity("rope D 20", [](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::rope(in[0], 10000.0)}; },
+               {randn({1, 7, 2, 20}, 83)});
 }
 
 TEST_CASE("cuda: causal attention with GQA (forward, lse and backward)", "[gpu][cuda]") {
