@@ -37,8 +37,10 @@ const char* unary_op_name(UnaryOp op) {
 
 void Backend::adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
                                double beta2, double eps, int64_t step) {
-  for (const AdamwTensors& t : group)
+  for (const AdamwTensors& t : group) {
     adamw_step(t.param, t.grad, grad_scale, t.m, t.v, lr, beta1, beta2, eps, t.weight_decay, step);
+    if (t.compute_copy.defined()) copy(t.param, t.compute_copy);
+  }
 }
 
 void Backend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,

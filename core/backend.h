@@ -62,6 +62,8 @@ class Backend {
 
   // ---- GEMM (row-major): c[b] = alpha * op(a[b]) @ op(b[b]) + beta * c[b] for b < batch,
   // op(a) is [m, k] (a stored [k, m] when trans_a), op(b) is [k, n]. Batches are `stride_*` elements apart.
+  // a, b and c share one dtype, except that a backend with bf16 (CUDA) also takes bf16 a and b with
+  // an f32 c (fp32 accumulation kept in fp32: weight gradients summed into f32 master gradients).
   virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                     const Tensor& b, double beta, const Tensor& c, int64_t batch = 1, int64_t stride_a = 0,
                     int64_t stride_b = 0, int64_t stride_c = 0) = 0;
@@ -163,6 +165,7 @@ class Backend {
   struct AdamwTensors {
     Tensor param, grad, m, v;
     double weight_decay = 0.0;
+    Tensor compute_copy;  // optional: receives the updated param cast to its dtype (bf16 compute copy)
   };
   virtual void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
                                 double beta2, double eps, int64_t step);

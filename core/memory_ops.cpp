@@ -107,4 +107,31 @@ Tensor cast(const Tensor& x, DType dtype) {
   return out;
 }
 
+namespace {
+struct CastCachedNode final : Node {
+  DType from;
+  const char* name() const override { return "cast_cached"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override { return {g[0].to(from)}; }
+};
+}  // namespace
+
+Tensor cast_cached(const Tensor& master, const Tensor& copy) {
+  if (!master.defined() || !copy.defined()) throw std::invalid_argument("cast_cached: undefined master or copy");
+  if (copy.shape() != master.shape() || copy.device() != master.device() || !copy.is_contiguous())
+    throw std::invalid_argument("cast_cached: copy " + copy.describe() + " does not match master " + master.describe());
+  Tensor out = copy.detach();
+  if (any_requires_grad({&master})) {
+    auto node = std::make_shared<CastCachedNode>();
+    node->from = master.dtype();
+    record(node, {master}, {out});
+  }
+  return out;
+}
+
+Tensor* master_grad_slot(const std::shared_ptr<Node>& weight_grad_fn) {
+  auto* node = dynamic_cast<CastCachedNode*>(weight_grad_fn.get());
+  if (!node || node->inputs.empty() || !node->inputs[0].leaf) return nullptr;  // master not a leaf
+  return &node->inputs[0].leaf->grad;
+}
+
 }  // namespace pt::ops

@@ -2,9 +2,14 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
+
+namespace pt {
+struct Node;
+}
 
 namespace pt::ops {
 
@@ -29,5 +34,17 @@ Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& target
 // x converted to `dtype` (floating); the gradient is converted back to x's dtype. Used for
 // mixed precision: bf16 working copies of f32 master weights.
 Tensor cast(const Tensor& x, DType dtype);
+
+// cast(master, copy.dtype()) without the cast: `copy` must already hold exactly those values (a
+// parameter's compute copy, written by the optimizer in the same pass as the update; see
+// Parameter::compute_copy). The gradient goes back like cast()'s; ops that can (linear,
+// linear_split) instead accumulate their weight gradient straight into the master's gradient
+// in the master's dtype (master_grad_slot).
+Tensor cast_cached(const Tensor& master, const Tensor& copy);
+
+// When `weight` is a cast_cached output whose master is a leaf that requires grad: the master's
+// gradient slot (undefined until its first gradient) for a GEMM to accumulate into, and the
+// master's dtype; else null. Valid during the backward pass that reaches `weight`.
+Tensor* master_grad_slot(const std::shared_ptr<Node>& weight_grad_fn);
 
 }  // namespace pt::ops

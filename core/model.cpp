@@ -221,7 +221,7 @@ Transformer::Transformer(const ModelSpec& spec, Rng& rng, DType dtype, Device de
     }
     value.set_requires_grad(true);
     index_[info.name] = params_.size();
-    params_.push_back({info, value});
+    params_.push_back({info, value, Tensor()});
   }
 }
 
@@ -234,8 +234,13 @@ const Tensor& Transformer::param(const std::string& name) const {
 Tensor Transformer::maybe_param(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) return Tensor();
-  const Tensor& master = params_[it->second].value;
-  return execution_.compute_dtype ? ops::cast(master, *execution_.compute_dtype) : master;
+  const Parameter& p = params_[it->second];
+  if (!execution_.compute_dtype || p.value.dtype() == *execution_.compute_dtype) return p.value;
+  if (!p.compute_copy.defined()) {
+    NoGradGuard no_grad;
+    p.compute_copy = p.value.to(*execution_.compute_dtype);
+  }
+  return ops::cast_cached(p.value, p.compute_copy);
 }
 
 int64_t Transformer::num_parameters() const {

@@ -51,6 +51,10 @@ int64_t count_parameters(const ModelSpec& spec);
 struct Parameter {
   ParamInfo info;
   Tensor value;  // requires_grad; its .grad holds the accumulated gradient
+  // Mixed precision: the value cast to the compute dtype, made at its first use in a forward and
+  // rewritten by the optimizer in its update pass (no cast per forward). Dropped whenever the
+  // parameters are handed out for writing (Transformer::parameters()).
+  mutable Tensor compute_copy;
 };
 
 // How the model executes (not what it computes): set from the spec's training section.
@@ -86,7 +90,12 @@ class Transformer {
   const ExecutionOptions& execution() const { return execution_; }
 
   const ModelSpec& spec() const { return spec_; }
-  std::vector<Parameter>& parameters() { return params_; }
+  // Writable parameters: drops the compute copies (remade from the values at the next forward).
+  // The optimizer keeps the reference and updates values and copies together.
+  std::vector<Parameter>& parameters() {
+    for (Parameter& p : params_) p.compute_copy = Tensor();
+    return params_;
+  }
   const std::vector<Parameter>& parameters() const { return params_; }
   const Tensor& param(const std::string& name) const;  // throws naming the missing parameter
   int64_t num_parameters() const;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/autograd.h"
+#include "core/memory_ops.h"
 
 namespace pt::ops {
 namespace {
@@ -325,6 +326,34 @@ Tensor concat(const std::vector<Tensor>& xs) {
   return out;
 }
 
+namespace {
+// Weight-gradient fusion for compute copies (cast_cached): the master's f32 gradient as the target
+// of dW GEMMs (bf16 dy and x, f32 out, fp32 accumulation): no bf16 dW, no cast to f32, no add when
+// gradients accumulate over micro-batches. Returns null when the weight is not a compute copy of
+// a leaf master or the backend cannot write f32 from bf16 (then dW goes back the usual way).
+// `*fresh` tells whether the target was just allocated (write with beta = 0) or holds an earlier
+// gradient (accumulate with beta = 1); an earlier gradient that shares its storage is copied first.
+Tensor* master_grad_target(const std::shared_ptr<Node>& weight_fn, const Tensor& weight_values, bool* fresh) {
+  Tensor* slot = master_grad_slot(weight_fn);
+  if (!slot || weight_values.dtype() != DType::bf16 || weight_values.device().type != DeviceType::cuda) return nullptr;
+  const Shape& shape = weight_fn->inputs[0].leaf->shape;
+  const DType master_dtype = weight_fn->inputs[0].leaf->dtype;
+  if (master_dtype != DType::f32) return nullptr;
+  *fresh = !slot->defined();
+  if (*fresh) {
+    *slot = Tensor::empty(shape, DType::f32, weight_values.device());
+  } else if (slot->shape() != shape || slot->dtype() != DType::f32) {
+    throw std::logic_error("linear: the master gradient " + slot->describe() + " does not match the master " +
+                           shape_str(shape));
+  } else if (!slot->is_contiguous() || slot->impl()->storage.use_count() != 1) {
+    Tensor own = Tensor::empty(shape, DType::f32, weight_values.device());
+    be(own).copy(*slot, own);
+    *slot = own;
+  }
+  return slot;
+}
+}  // namespace
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_defined("linear", x, "x");
   check_defined("linear", weight, "weight");
@@ -353,6 +382,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Tensor xd = x2.detach(), wd = w.detach();
   const Shape bias_shape = bias.shape();
   const bool has_bias = bias.defined();
+  const std::shared_ptr<Node> weight_fn = weight.grad_fn();
   record_op("linear", {x, weight, bias}, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dy = g[0].contiguous();
     Tensor dx, dw, db;
@@ -360,7 +390,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       dx = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
       be(dy).gemm(false, false, rows, in, out_features, 1.0, dy, wd, 0.0, dx);
     }
-    if (need_w) {
+    bool fresh = false;
+    if (Tensor* master_grad = need_w ? master_grad_target(weight_fn, wd, &fresh) : nullptr) {
+      be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, fresh ? 0.0 : 1.0, *master_grad);
+    } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, 0.0, dw);
     }
@@ -415,6 +448,7 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
   const Tensor xd = x2.detach(), wd = w.detach();
   const Shape bias_shape = bias.shape();
   const bool has_bias = bias.defined();
+  const std::shared_ptr<Node> weight_fn = weight.grad_fn();
   record_op("linear_split", {x, weight, bias}, outs, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dx, dw, db;
     if (need_x) {
@@ -429,7 +463,18 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
       }
       if (!dx.defined()) dx = zeros_like(xd);
     }
-    if (need_w) {
+    bool fresh = false;
+    if (Tensor* master_grad = need_w ? master_grad_target(weight_fn, wd, &fresh) : nullptr) {
+      // Each part's rows of the f32 master gradient: written (fresh) or accumulated into.
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        if (sizes[i] == 0) continue;
+        const Tensor slot = master_grad->narrow_view(0, starts[i], sizes[i]);
+        if (g[i].defined())
+          be(slot).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, fresh ? 0.0 : 1.0, slot);
+        else if (fresh)
+          be(slot).fill(slot, 0.0);
+      }
+    } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       for (size_t i = 0; i < sizes.size(); ++i) {
         if (sizes[i] == 0) continue;

@@ -26,6 +26,9 @@ CudaBackend::CudaBackend() {
   CUBLAS_CHECK(cublasCreate(&cublas_));
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
   allow_tf32_ = env_flag("PRETRAIN_ALLOW_TF32");
   const char* gemm = std::getenv("PRETRAIN_GEMM");
   force_cublas_ = gemm && std::strcmp(gemm, "cublas") == 0;

@@ -116,6 +116,7 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t cublaslt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  int sm_count_ = 1;               // multiprocessors of the device (grid sizes)
   bool allow_tf32_ = false;       // PRETRAIN_ALLOW_TF32=1
   bool force_cublas_ = false;     // PRETRAIN_GEMM=cublas: skip cuBLASLt
   DeviceError* device_error_ = nullptr;

@@ -7,7 +7,8 @@
 // leading dims are the stored row lengths, and batches are strided layouts.
 //
 // Types: bf16 inputs/outputs with fp32 accumulation (CUBLAS_COMPUTE_32F, fp32 alpha/beta);
-// f32 with CUBLAS_COMPUTE_32F (CUBLAS_COMPUTE_32F_FAST_TF32 only when PRETRAIN_ALLOW_TF32=1;
+// bf16 inputs with an f32 output (a weight gradient accumulated straight into its f32 master's
+// gradient, see ops::linear); f32 with CUBLAS_COMPUTE_32F (CUBLAS_COMPUTE_32F_FAST_TF32 only when PRETRAIN_ALLOW_TF32=1;
 // off by default for parity with the CPU); f64 with CUBLAS_COMPUTE_64F.
 // One 64 MiB workspace, allocated at start-up. Descriptors and the heuristic's algorithm are
 // cached per problem (shape, transposes, strides, dtype, pointer alignment). When cuBLASLt has no
@@ -71,13 +72,15 @@ void set_batch(cublasLtMatrixLayout_t layout, int64_t batch, int64_t stride) {
 bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                           const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a,
                           int64_t stride_b, int64_t stride_c) {
-  const GemmTypes ty = gemm_types(c.dtype(), allow_tf32_);
+  const GemmTypes ty = gemm_types(a.dtype(), allow_tf32_);
+  const cudaDataType_t c_type = gemm_types(c.dtype(), allow_tf32_).data;  // f32 for bf16 inputs, or ty.data
   const int64_t es = static_cast<int64_t>(ty.elem);
   const uint32_t al_a = alignment(a.raw_data(), stride_a * es, batch);
   const uint32_t al_b = alignment(b.raw_data(), stride_b * es, batch);
-  const uint32_t al_c = alignment(c.raw_data(), stride_c * es, batch);
+  const uint32_t al_c = alignment(c.raw_data(), stride_c * static_cast<int64_t>(dtype_size(c.dtype())), batch);
   char key[256];
-  std::snprintf(key, sizeof key, "%d|%d%d|%lld,%lld,%lld|%lld:%lld,%lld,%lld|%u,%u,%u|%d", int(c.dtype()), trans_a,
+  std::snprintf(key, sizeof key, "%d>%d|%d%d|%lld,%lld,%lld|%lld:%lld,%lld,%lld|%u,%u,%u|%d", int(a.dtype()),
+                int(c.dtype()), trans_a,
                 trans_b, (long long)m, (long long)n, (long long)k, (long long)batch, (long long)stride_a,
                 (long long)stride_b, (long long)stride_c, al_a, al_b, al_c, int(allow_tf32_));
   LtPlan* plan = nullptr;
@@ -99,7 +102,7 @@ bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
       const uint64_t b_rows = trans_a ? m : k, b_cols = trans_a ? k : m;
       CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, ty.data, a_rows, a_cols, static_cast<int64_t>(a_rows)));
       CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, ty.data, b_rows, b_cols, static_cast<int64_t>(b_rows)));
-      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c, ty.data, static_cast<uint64_t>(n), static_cast<uint64_t>(m), n));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c, c_type, static_cast<uint64_t>(n), static_cast<uint64_t>(m), n));
       if (batch > 1) {
         set_batch(plan->a, batch, stride_b);
         set_batch(plan->b, batch, stride_a);
@@ -151,10 +154,12 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
                        const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
                        int64_t stride_c) {
   if (m == 0 || n == 0 || batch == 0) return;
-  if (a.dtype() != c.dtype() || b.dtype() != c.dtype())
+  const bool mixed = a.dtype() == DType::bf16 && b.dtype() == DType::bf16 && c.dtype() == DType::f32;
+  if (!mixed && (a.dtype() != c.dtype() || b.dtype() != c.dtype()))
     throw std::invalid_argument("gemm: a " + a.describe() + ", b " + b.describe() + ", c " + c.describe() +
-                                " must share one dtype");
-  const GemmTypes ty = gemm_types(c.dtype(), allow_tf32_);
+                                " must share one dtype (or be bf16, bf16 -> f32)");
+  const GemmTypes ty = gemm_types(a.dtype(), allow_tf32_);
+  const cudaDataType_t c_type = gemm_types(c.dtype(), allow_tf32_).data;
   if (k > 0 && !force_cublas_ &&
       gemm_lt(trans_a, trans_b, m, n, k, alpha, a, b, beta, c, batch, stride_a, stride_b, stride_c))
     return;
@@ -173,7 +178,7 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
   const void* beta_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&beta) : &beta_f;
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_, op_a, op_b, static_cast<int>(n), static_cast<int>(m),
                                           static_cast<int>(k), alpha_p, b.raw_data(), ty.data, lda, stride_b,
-                                          a.raw_data(), ty.data, ldb, stride_a, beta_p, c.raw_data(), ty.data, ldc,
+                                          a.raw_data(), ty.data, ldb, stride_a, beta_p, c.raw_data(), c_type, ldc,
                                           stride_c, static_cast<int>(batch), ty.compute, CUBLAS_GEMM_DEFAULT));
 }
 

@@ -6,9 +6,9 @@
 // adamw_kernel: one parameter per launch (Backend::adamw_step).
 // adamw_multi_kernel: the optimizer's whole step in a few launches (Backend::adamw_step_multi).
 //   Every tensor is cut into chunks of kChunk elements; a launch carries, by value in its kernel
-//   parameters (under the 4 KB limit), the pointers of up to kMaxTensors tensors and a table that
-//   maps each of its up to kMaxBlocks blocks to (tensor, chunk). A block updates its chunk with a
-//   block-stride loop. Tensors larger than one launch's blocks continue in the next launch.
+//   parameters (under the 4 KB limit), the pointers of up to kMaxTensors tensors and where each
+//   one's chunks start. A grid of 4 blocks per SM strides over the chunks, each updated with 128-bit
+//   loads. A parameter's bf16 compute copy, if any, is written in the same pass.
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -40,35 +40,68 @@ __global__ void adamw_kernel(int64_t n, T* p, const T* g, T* m, T* v, AdamConsts
   PT_GRID_STRIDE(i, n) { adamw_element(i, p, g, m, v, k, k.decay); }
 }
 
-constexpr int kMaxTensors = 32;
-constexpr int kMaxBlocks = 320;
-constexpr int64_t kChunk = 64 * 1024;
+constexpr int kMaxTensors = 48;
+constexpr int64_t kChunk = 64 * 1024;  // elements per block task
 constexpr int kMultiThreads = 512;
 
+// The tensors of one launch. Chunks are numbered across the tensors: tensor t owns chunk ids
+// [chunk_start[t], chunk_start[t + 1]). `copy[t]` (or null) receives the updated parameter in bf16
+// (the compute copy the next forward reads instead of casting the master).
 template <class T>
 struct AdamwBatch {
   T* p[kMaxTensors];
   const T* g[kMaxTensors];
   T* m[kMaxTensors];
   T* v[kMaxTensors];
+  bf16_t* copy[kMaxTensors];
   int64_t n[kMaxTensors];
   T decay[kMaxTensors];  // lr * weight_decay of each tensor
-  uint8_t tensor_of_block[kMaxBlocks];
-  int32_t chunk_of_block[kMaxBlocks];
+  int32_t chunk_start[kMaxTensors + 1];
+  int32_t tensors;
 };
 static_assert(sizeof(AdamwBatch<double>) + sizeof(AdamConsts<double>) < 4000, "kernel parameters over 4 KB");
 
-template <class T>
+// Blocks stride over the launch's chunks; each chunk is updated with 128-bit loads (VEC: every
+// pointer 16-byte aligned, chunks start at multiples of kChunk) and a scalar tail.
+template <class T, bool VEC>
 __global__ void __launch_bounds__(kMultiThreads) adamw_multi_kernel(AdamwBatch<T> batch, AdamConsts<T> k) {
-  const int t = batch.tensor_of_block[blockIdx.x];
-  const int64_t begin = static_cast<int64_t>(batch.chunk_of_block[blockIdx.x]) * kChunk;
-  const int64_t end = min(begin + kChunk, batch.n[t]);
-  T* p = batch.p[t];
-  const T* g = batch.g[t];
-  T* m = batch.m[t];
-  T* v = batch.v[t];
-  const T decay = batch.decay[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) adamw_element(i, p, g, m, v, k, decay);
+  constexpr int P = VEC ? Pack<T>::size : 1;
+  const int32_t total = batch.chunk_start[batch.tensors];
+  for (int32_t c = blockIdx.x; c < total; c += gridDim.x) {
+    int t = 0;
+    while (batch.chunk_start[t + 1] <= c) ++t;
+    const int64_t begin = static_cast<int64_t>(c - batch.chunk_start[t]) * kChunk;
+    const int64_t end = min(begin + kChunk, batch.n[t]);
+    T* p = batch.p[t];
+    const T* g = batch.g[t];
+    T* m = batch.m[t];
+    T* v = batch.v[t];
+    bf16_t* copy = batch.copy[t];
+    const T decay = batch.decay[t];
+    const int64_t vec_end = begin + (end - begin) / P * P;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * P; i < vec_end; i += static_cast<int64_t>(blockDim.x) * P) {
+      if constexpr (VEC) {
+        Pack<T> pp = *reinterpret_cast<const Pack<T>*>(p + i), gp = *reinterpret_cast<const Pack<T>*>(g + i);
+        Pack<T> mp = *reinterpret_cast<const Pack<T>*>(m + i), vp = *reinterpret_cast<const Pack<T>*>(v + i);
+#pragma unroll
+        for (int j = 0; j < P; ++j) adamw_element(j, pp.v, gp.v, mp.v, vp.v, k, decay);
+        *reinterpret_cast<Pack<T>*>(p + i) = pp;
+        *reinterpret_cast<Pack<T>*>(m + i) = mp;
+        *reinterpret_cast<Pack<T>*>(v + i) = vp;
+        if (copy) {
+#pragma unroll
+          for (int j = 0; j < P; ++j) copy[i + j] = cvt<bf16_t>(pp.v[j]);
+        }
+      } else {
+        adamw_element(i, p, g, m, v, k, decay);
+        if (copy) copy[i] = cvt<bf16_t>(p[i]);
+      }
+    }
+    for (int64_t i = vec_end + threadIdx.x; i < end; i += blockDim.x) {
+      adamw_element(i, p, g, m, v, k, decay);
+      if (copy) copy[i] = cvt<bf16_t>(p[i]);
+    }
+  }
 }
 
 }  // namespace
@@ -83,40 +116,50 @@ void CudaBackend::adamw_step_multi(const std::vector<AdamwTensors>& group, doubl
           t->device() != e.param.device())
         throw std::invalid_argument("adamw_step_multi: param " + e.param.describe() + ", grad/moment " +
                                     t->describe() + " (all must be contiguous, of one dtype, size and device)");
+  for (const AdamwTensors& e : group)
+    if (e.compute_copy.defined() && (e.compute_copy.dtype() != DType::bf16 || e.compute_copy.numel() != e.param.numel() ||
+                                     !e.compute_copy.is_contiguous() || e.compute_copy.device() != e.param.device()))
+      throw std::invalid_argument("adamw_step_multi: compute copy " + e.compute_copy.describe() + " of param " +
+                                  e.param.describe() + " must be a contiguous bf16 tensor of its size and device");
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  bool vec = true;
+  for (const AdamwTensors& e : group)
+    for (const Tensor* t : {&e.param, &e.grad, &e.m, &e.v}) vec = vec && aligned16(t->raw_data());
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const AdamConsts<T> k{T(beta1), T(beta2), T(grad_scale), T(lr / bc1), T(1.0 / std::sqrt(bc2)), T(0), T(eps)};
     AdamwBatch<T> batch{};
-    int tensors = 0, blocks = 0;
+    int tensors = 0;
+    int32_t chunks_in_batch = 0;
     auto flush = [&] {
-      if (blocks > 0) {
-        adamw_multi_kernel<T><<<blocks, kMultiThreads, 0, stream_>>>(batch, k);
+      if (tensors > 0 && chunks_in_batch > 0) {
+        batch.tensors = tensors;
+        batch.chunk_start[tensors] = chunks_in_batch;
+        const unsigned grid = static_cast<unsigned>(std::min<int64_t>(chunks_in_batch, int64_t{sm_count_} * 4));
+        if (vec) adamw_multi_kernel<T, true><<<grid, kMultiThreads, 0, stream_>>>(batch, k);
+        else adamw_multi_kernel<T, false><<<grid, kMultiThreads, 0, stream_>>>(batch, k);
         CUDA_CHECK_LAUNCH();
       }
-      tensors = blocks = 0;
+      tensors = 0;
+      chunks_in_batch = 0;
     };
     for (const AdamwTensors& e : group) {
       const int64_t n = e.param.numel();
       if (n == 0) continue;
       const int64_t chunks = (n + kChunk - 1) / kChunk;
-      for (int64_t c = 0; c < chunks; ++c) {
-        // A new slot for this tensor at its first chunk, or when a flush emptied the batch mid-tensor.
-        if (c == 0 || tensors == 0) {
-          if (tensors == kMaxTensors) flush();
-          batch.p[tensors] = ptr<T>(e.param);
-          batch.g[tensors] = ptr<T>(e.grad);
-          batch.m[tensors] = ptr<T>(e.m);
-          batch.v[tensors] = ptr<T>(e.v);
-          batch.n[tensors] = n;
-          batch.decay[tensors] = T(lr * e.weight_decay);
-          ++tensors;
-        }
-        batch.tensor_of_block[blocks] = static_cast<uint8_t>(tensors - 1);
-        batch.chunk_of_block[blocks] = static_cast<int32_t>(c);
-        if (++blocks == kMaxBlocks) flush();
-      }
+      if (chunks > (int64_t{1} << 30)) throw std::invalid_argument("adamw_step_multi: " + e.param.describe() + " is too large");
+      if (tensors == kMaxTensors || chunks_in_batch + chunks > (int64_t{1} << 30)) flush();
+      batch.p[tensors] = ptr<T>(e.param);
+      batch.g[tensors] = ptr<T>(e.grad);
+      batch.m[tensors] = ptr<T>(e.m);
+      batch.v[tensors] = ptr<T>(e.v);
+      batch.copy[tensors] = ptr_or_null<bf16_t>(e.compute_copy);
+      batch.n[tensors] = n;
+      batch.decay[tensors] = T(lr * e.weight_decay);
+      batch.chunk_start[tensors] = chunks_in_batch;
+      chunks_in_batch += static_cast<int32_t>(chunks);
+      ++tensors;
     }
     flush();
   };

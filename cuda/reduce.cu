@@ -8,7 +8,7 @@
 //    rows, e.g. a head-wise gate's gradient [B, T, H, D] -> [B, T, H, 1]): one warp per output.
 //  * general path (otherwise): one block per output element, threads stride over the reduced elements
 //    (offsets through two StridedMetas: kept dims and reduced dims), block tree sum.
-// sum_squares: a fixed grid of block partials, then one block adds them in order (deterministic).
+// sum_squares: multi-tensor launches of block partials, then one block adds them in order (deterministic).
 #include "cuda/common.cuh"
 
 namespace pt::cuda {
@@ -55,13 +55,49 @@ __global__ void sum_to_kernel(StridedMeta<1> kept, StridedMeta<1> reduced, int64
   }
 }
 
-// partial[block] = sum of x[i]^2 over the block's grid-stride share
+// sum_squares over many tensors of one dtype per launch: chunk ids run across the tensors (tensor
+// t owns [chunk_start[t], chunk_start[t + 1])); a fixed grid strides over the chunks, 128-bit loads
+// when VEC; partial[block] = the block's sum of x^2 in fp64 (deterministic for given shapes).
+constexpr int kSquaresTensors = 96;
+constexpr int64_t kSquaresChunk = 16 * 1024;
 template <class T>
-__global__ void sum_squares_partial_kernel(int64_t n, const T* x, double* partial) {
+struct SquaresBatch {
+  const T* x[kSquaresTensors];
+  int64_t n[kSquaresTensors];
+  int32_t chunk_start[kSquaresTensors + 1];
+  int32_t tensors;
+};
+static_assert(sizeof(SquaresBatch<double>) < 4000, "kernel parameters over 4 KB");
+
+template <class T, bool VEC>
+__global__ void sum_squares_multi_kernel(SquaresBatch<T> batch, double* partial) {
+  constexpr int P = VEC ? Pack<T>::size : 1;
   double acc = 0;
-  PT_GRID_STRIDE(i, n) {
-    const double v = cvt<double>(x[i]);
-    acc += v * v;
+  const int32_t total = batch.chunk_start[batch.tensors];
+  for (int32_t c = blockIdx.x; c < total; c += gridDim.x) {
+    int t = 0;
+    while (batch.chunk_start[t + 1] <= c) ++t;
+    const int64_t begin = static_cast<int64_t>(c - batch.chunk_start[t]) * kSquaresChunk;
+    const int64_t end = min(begin + kSquaresChunk, batch.n[t]);
+    const T* x = batch.x[t];
+    const int64_t vec_end = begin + (end - begin) / P * P;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * P; i < vec_end; i += static_cast<int64_t>(blockDim.x) * P) {
+      if constexpr (VEC) {
+        const Pack<T> q = *reinterpret_cast<const Pack<T>*>(x + i);
+#pragma unroll
+        for (int j = 0; j < P; ++j) {
+          const double v = cvt<double>(q.v[j]);
+          acc += v * v;
+        }
+      } else {
+        const double v = cvt<double>(x[i]);
+        acc += v * v;
+      }
+    }
+    for (int64_t i = vec_end + threadIdx.x; i < end; i += blockDim.x) {
+      const double v = cvt<double>(x[i]);
+      acc += v * v;
+    }
   }
   acc = block_sum(acc);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
@@ -124,28 +160,54 @@ void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
 }
 
 double CudaBackend::sum_squares(const std::vector<Tensor>& xs) {
-  // Per tensor: block partials into the scratch, then one block adds them into totals[i]; then one
-  // block adds the totals in order. Stream order makes reusing the scratch safe; one sync at the end.
-  const int64_t count = static_cast<int64_t>(xs.size());
-  if (count == 0) return 0.0;
-  Tensor totals = Tensor::empty({count}, DType::f64, xs[0].device());
-  for (int64_t i = 0; i < count; ++i) {
-    const Tensor xc = xs[size_t(i)].contiguous();
-    const int64_t n = xc.numel();
-    const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads)));
-    if (n == 0) {
-      CUDA_CHECK(cudaMemsetAsync(reduce_scratch_, 0, sizeof(double), stream_));
-    } else {
-      dispatch_float(xc.dtype(), "sum_squares", [&](auto t) {
-        using T = decltype(t);
-        sum_squares_partial_kernel<T><<<blocks, kThreads, 0, stream_>>>(n, ptr<T>(xc), reduce_scratch_);
-        CUDA_CHECK_LAUNCH();
-      });
-    }
-    sum_partials_kernel<<<1, 1024, 0, stream_>>>(blocks, reduce_scratch_, ptr<double>(totals) + i);
-    CUDA_CHECK_LAUNCH();
+  // Runs of up to kSquaresTensors tensors of one dtype: one multi-tensor launch of block partials
+  // into the scratch, then one block adds them into totals[launch]; finally one block adds the
+  // totals in order. Stream order makes reusing the scratch safe; one sync at the end.
+  if (xs.empty()) return 0.0;
+  std::vector<Tensor> dense;
+  for (const Tensor& x : xs) dense.push_back(x.contiguous());
+  Tensor totals = Tensor::empty({static_cast<int64_t>(dense.size())}, DType::f64, dense[0].device());
+  int launches = 0;
+  size_t i = 0;
+  while (i < dense.size()) {
+    const DType dtype = dense[i].dtype();
+    dispatch_float(dtype, "sum_squares", [&](auto tag) {
+      using T = decltype(tag);
+      SquaresBatch<T> batch{};
+      int32_t chunks = 0;
+      bool vec = true;
+      int tensors = 0;
+      for (; i < dense.size() && tensors < kSquaresTensors && dense[i].dtype() == dtype; ++i) {
+        const int64_t n = dense[i].numel();
+        const int64_t c = (n + kSquaresChunk - 1) / kSquaresChunk;
+        if (chunks + c > (int64_t{1} << 30)) break;
+        if (n == 0) continue;
+        batch.x[tensors] = ptr<T>(dense[i]);
+        batch.n[tensors] = n;
+        batch.chunk_start[tensors] = chunks;
+        vec = vec && aligned16(dense[i].raw_data());
+        chunks += static_cast<int32_t>(c);
+        ++tensors;
+      }
+      if (tensors == 0 && i < dense.size() && dense[i].dtype() == dtype)
+        throw std::invalid_argument("sum_squares: " + dense[i].describe() + " is too large");
+      batch.tensors = tensors;
+      batch.chunk_start[tensors] = chunks;
+      const int blocks = static_cast<int>(std::clamp<int64_t>(chunks, 1, kReduceBlocks));
+      if (chunks == 0) {
+        CUDA_CHECK(cudaMemsetAsync(reduce_scratch_, 0, sizeof(double), stream_));
+      } else if (vec) {
+        sum_squares_multi_kernel<T, true><<<blocks, kThreads, 0, stream_>>>(batch, reduce_scratch_);
+      } else {
+        sum_squares_multi_kernel<T, false><<<blocks, kThreads, 0, stream_>>>(batch, reduce_scratch_);
+      }
+      CUDA_CHECK_LAUNCH();
+      sum_partials_kernel<<<1, 1024, 0, stream_>>>(blocks, reduce_scratch_, ptr<double>(totals) + launches);
+      CUDA_CHECK_LAUNCH();
+      ++launches;
+    });
   }
-  sum_partials_kernel<<<1, 1024, 0, stream_>>>(static_cast<int>(count), ptr<double>(totals), reduce_scratch_ + kReduceBlocks);
+  sum_partials_kernel<<<1, 1024, 0, stream_>>>(launches, ptr<double>(totals), reduce_scratch_ + kReduceBlocks);
   CUDA_CHECK_LAUNCH();
   CUDA_CHECK(cudaMemcpyAsync(reduce_host_, reduce_scratch_ + kReduceBlocks, sizeof(double), cudaMemcpyDeviceToHost,
                              stream_));

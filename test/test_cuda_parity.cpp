@@ -10,13 +10,16 @@
 #include <functional>
 #include <string>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "core/memory_ops.h"
 #include "core/model.h"
 #include "core/ops.h"
+#include "core/optim.h"
 #include "core/rng.h"
 #include "core/spec.h"
 #include "core/trainer.h"
@@ -324,6 +327,55 @@ TEST_CASE("cuda: gemm with k == 0 and on misaligned views", "[gpu][cuda]") {
   }
 }
 
+TEST_CASE("cuda: gemm with bf16 inputs and an f32 output (beta 0 and 1)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("mixed-precision gemm");
+  // The weight-gradient shape of ops::linear (trans_a: dy^T x) and a plain one, written and accumulated.
+  const int64_t m = 41, n = 67, k = 300;
+  for (bool ta : {true, false}) {
+    for (double beta : {0.0, 1.0}) {
+      INFO("trans_a " << ta << " beta " << beta);
+      const Tensor a = randn({m * k}, 47).to(DType::bf16), b = randn({k * n}, 48).to(DType::bf16);
+      const Tensor c = randn({m * n}, 49);
+      Tensor c_ref = c.to(DType::f64);
+      backend_for(kCpu).gemm(ta, false, m, n, k, 1.0, a.to(DType::f64), b.to(DType::f64), beta, c_ref);
+      Tensor c_gpu = c.to(kGpu);
+      backend_for(kGpu).gemm(ta, false, m, n, k, 1.0, a.to(kGpu), b.to(kGpu), beta, c_gpu);
+      CHECK(c_gpu.dtype() == DType::f32);
+      CHECK(rel_err(c_gpu, c_ref) < 1e-5);  // exact bf16 products, fp32 sums: far tighter than a bf16 output
+    }
+  }
+  const Tensor f32 = randn({4}, 50).to(kGpu), bf = randn({4}, 51).to(DType::bf16).to(kGpu);
+  CHECK_THROWS_WITH(backend_for(kGpu).gemm(false, false, 2, 2, 2, 1.0, f32, f32, 0.0, bf),
+                    contains("must share one dtype"));
+}
+
+TEST_CASE("cuda: weight gradients of compute copies go straight into the f32 master gradient", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("master-gradient fusion");
+  // linear and linear_split on a cast_cached bf16 copy of an f32 master accumulate dW (fp32) into
+  // master.grad; the reference goes through ops::cast (bf16 dW, cast, add). Two backward passes
+  // check the accumulate (beta = 1) path.
+  const Tensor x = randn({6, 10, 48}, 52).to(DType::bf16).to(kGpu);
+  const Tensor r = randn({6, 10, 96}, 53).to(DType::bf16).to(kGpu);
+  for (bool split : {false, true}) {
+    INFO((split ? "linear_split" : "linear"));
+    Tensor fused_w = randn({96, 48}, 54, 0.2).to(kGpu).set_requires_grad(true);
+    Tensor ref_w = fused_w.detach().clone().set_requires_grad(true);
+    const Tensor copy = fused_w.detach().to(DType::bf16);
+    auto loss_of = [&](const Tensor& w) {
+      const Tensor y = split ? ops::concat(ops::linear_split(x, w, Tensor(), {32, 16, 48})) : ops::linear(x, w);
+      return ops::sum(ops::cast(ops::mul(y, r), DType::f32));
+    };
+    for (int pass = 0; pass < 2; ++pass) {
+      loss_of(ops::cast_cached(fused_w, copy)).backward();
+      loss_of(ops::cast(ref_w, DType::bf16)).backward();
+    }
+    REQUIRE(fused_w.grad().defined());
+    CHECK(fused_w.grad().dtype() == DType::f32);
+    CHECK(rel_err(fused_w.grad(), ref_w.grad()) < 2e-2);  // the reference rounds each dW to bf16
+    CHECK(rel_err(fused_w.grad(), ref_w.grad()) > 0.0);   // the fused path did run (no bf16 rounding)
+  }
+}
+
 TEST_CASE("cuda: linear with bias (forward and backward)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("linear");
   check_parity("linear", [](const std::vector<Tensor>& in) {
@@ -539,15 +591,17 @@ TEST_CASE("cuda: adamw_step matches the CPU update", "[gpu][cuda]") {
 
 TEST_CASE("cuda: adamw_step_multi matches per-parameter CPU updates across launches", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("adamw multi-tensor");
-  // 40 tensors (more than one launch's 32 slots), sizes around the 64K-element chunk, and one of
-  // 21M elements (more than one launch's 320 blocks of 64K), each with its own weight decay.
+  // 60 tensors (more than one launch's 48 slots), sizes around the 64K-element chunk and the
+  // 4-element pack, and one of 21M elements, each with its own weight decay; f32 ones with a bf16
+  // compute copy on every other tensor, which must equal the updated value cast to bf16 exactly.
   std::vector<int64_t> sizes;
-  for (int i = 0; i < 40; ++i) sizes.push_back(i % 4 == 0 ? 65536 + i : 1 + 97 * i);
+  for (int i = 0; i < 60; ++i) sizes.push_back(i % 4 == 0 ? 65536 + i : 1 + 97 * i);
   sizes.push_back(21 * 1000 * 1000 + 7);
   for (DType dt : {DType::f32, DType::f64}) {
     INFO(dtype_name(dt));
-    std::vector<Tensor> p_c, m_c, v_c, p_g, m_g, v_g;
+    std::vector<Tensor> p_c, m_c, v_c, p_g, m_g, v_g, copies;
     for (size_t i = 0; i < sizes.size(); ++i) {
+      copies.push_back(dt == DType::f32 && i % 2 == 1 ? Tensor::zeros({sizes[i]}, DType::bf16, kGpu) : Tensor());
       p_c.push_back(randn({sizes[i]}, 300 + i).to(dt));
       m_c.push_back(Tensor::zeros({sizes[i]}, dt));
       v_c.push_back(Tensor::zeros({sizes[i]}, dt));
@@ -561,7 +615,7 @@ TEST_CASE("cuda: adamw_step_multi matches per-parameter CPU updates across launc
         const Tensor g = randn({sizes[i]}, 900 + 50 * uint64_t(step) + i).to(dt);
         const double wd = i % 3 == 0 ? 0.0 : 0.05 * double(i % 5);
         backend_for(kCpu).adamw_step(p_c[i], g, 0.7, m_c[i], v_c[i], 1e-2, 0.9, 0.95, 1e-8, wd, step);
-        group.push_back({p_g[i], g.to(kGpu), m_g[i], v_g[i], wd});
+        group.push_back({p_g[i], g.to(kGpu), m_g[i], v_g[i], wd, copies[i]});
       }
       backend_for(kGpu).adamw_step_multi(group, 0.7, 1e-2, 0.9, 0.95, 1e-8, step);
     }
@@ -571,11 +625,47 @@ TEST_CASE("cuda: adamw_step_multi matches per-parameter CPU updates across launc
       CHECK(rel_err(p_g[i], p_c[i]) < tol);
       CHECK(rel_err(m_g[i], m_c[i]) < tol);
       CHECK(rel_err(v_g[i], v_c[i]) < tol);
+      if (copies[i].defined()) CHECK(rel_err(copies[i], p_g[i].to(DType::bf16)) == 0.0);
     }
   }
 }
 
 // ---------------------------------------------------------------- whole model
+
+TEST_CASE("cuda: bf16 compute copies equal the updated f32 masters after every optimizer step", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("compute copies");
+  const ExperimentSpec spec = parse_spec(default_spec_json(), "default");
+  Rng rng(spec.training.seed), data_rng(8);
+  Transformer model(spec.model, rng, DType::f32, kGpu);
+  ExecutionOptions exec;
+  exec.compute_dtype = DType::bf16;
+  model.set_execution(exec);
+  AdamW optimizer(model.parameters(), spec.optim);
+  const int64_t B = 2, T = spec.model.seq_len;
+  std::vector<int32_t> tokens(size_t(B * T));
+  for (auto& t : tokens) t = static_cast<int32_t>(data_rng.below(uint64_t(spec.model.vocab_size)));
+  const Tensor ids = Tensor::from_vector(tokens, {B, T}, kGpu);
+  for (int step = 0; step < 3; ++step) {
+    model.zero_grad();  // keeps the compute copies: from step 2 on, the forward reads the optimizer's
+    model.loss(ids, ids).backward();
+    int copies = 0;
+    for (const Parameter& p : std::as_const(model).parameters()) {
+      if (!p.compute_copy.defined()) continue;
+      ++copies;
+      INFO(p.info.name);
+      REQUIRE(p.value.grad().defined());
+      CHECK(p.value.grad().dtype() == DType::f32);
+    }
+    CHECK(copies > 0);
+    optimizer.step(1e-3);
+    for (const Parameter& p : std::as_const(model).parameters()) {
+      if (!p.compute_copy.defined()) continue;
+      INFO(p.info.name << " after step " << step + 1);
+      CHECK(rel_err(p.compute_copy, p.value.to(DType::bf16)) == 0.0);
+    }
+  }
+}
+
 
 TEST_CASE("cuda: one training step of the default model matches the CPU (loss and every grad)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("training step parity");

@@ -69,6 +69,22 @@ TEST_CASE("cast: values round through f32 and gradients come back in the source 
   CHECK_THROWS_AS(ops::cast(Tensor::from_vector<int32_t>({1}, {1}), DType::f32), std::invalid_argument);
 }
 
+TEST_CASE("cast_cached: the copy's values forward, the cast's gradient back; master_grad_slot finds the master", "[ops]") {
+  Tensor master = Tensor::from_vector<double>({1.0, 2.5, -3.25}, {3});
+  master.set_requires_grad(true);
+  const Tensor copy = master.detach().to(DType::f32);
+  Tensor y = ops::cast_cached(master, copy);
+  CHECK(y.dtype() == DType::f32);
+  CHECK(y.to_vector<float>() == std::vector<float>{1.0f, 2.5f, -3.25f});
+  REQUIRE(ops::master_grad_slot(y.grad_fn()) != nullptr);
+  CHECK_FALSE(ops::master_grad_slot(y.grad_fn())->defined());  // no gradient yet
+  ops::sum(ops::scale(y, 3.0)).backward();
+  CHECK(master.grad().dtype() == DType::f64);
+  CHECK(master.grad().to_vector<double>() == std::vector<double>{3.0, 3.0, 3.0});
+  CHECK(ops::master_grad_slot(ops::cast(master, DType::f32).grad_fn()) == nullptr);  // a plain cast is not one
+  CHECK_THROWS_AS(ops::cast_cached(master, Tensor::zeros({2}, DType::f32)), std::invalid_argument);
+}
+
 TEST_CASE("chunked LM loss equals the plain loss, with gradients", "[ops][recompute]") {
   Tensor h = random_f64({10, 4}, 8), head = random_f64({7, 4}, 9);
   Tensor targets = Tensor::from_vector<int32_t>({0, 6, 3, -1, 2, 2, 5, 1, 0, 4}, {10});
