@@ -169,6 +169,8 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   const double tokens_per_s = double(tokens_per_step) / median;
   const double tflops = flops_per_token(spec.model) * tokens_per_s / 1e12;
   nlohmann::json out = {{"spec", spec.name},
+                        {"micro_batch", spec.training.micro_batch},
+                        {"grad_accum", spec.training.grad_accum},
                         {"precision", spec.training.precision},
                         {"recompute", spec.training.recompute},
                         {"device", device.str()},

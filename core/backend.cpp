@@ -43,6 +43,27 @@ void Backend::adamw_step_multi(const std::vector<AdamwTensors>& group, double gr
   }
 }
 
+void Backend::cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                             const Tensor& lse, double scale, const Tensor& dlogits) {
+  cross_entropy_forward(logits, targets, losses, lse);
+  Tensor one = Tensor::empty({1}, lse.dtype(), lse.device());
+  fill(one, 1.0);
+  cross_entropy_backward(logits, targets, lse, one, scale, dlogits);
+}
+
+void Backend::scale_by_scalar(const Tensor& x, const Tensor& factor) {
+  if (factor.numel() != 1) throw std::invalid_argument("scale_by_scalar: factor " + factor.describe() + " is not one element");
+  double f = 0.0;
+  if (factor.dtype() == DType::f64) {
+    copy_to_host(factor, &f);
+  } else {
+    Tensor f64 = Tensor::empty(factor.shape(), DType::f64, factor.device());
+    copy(factor, f64);
+    copy_to_host(f64, &f);
+  }
+  if (f != 1.0) affine(x, f, 0.0, x);
+}
+
 void Backend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
                                    const Tensor& sum, const Tensor& y, const Tensor& rstd) {
   binary(BinaryOp::add, x, residual, sum);

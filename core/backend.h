@@ -150,6 +150,14 @@ class Backend {
   // ignored rows get zeros. dloss is a 1-element tensor on the device.
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                                       const Tensor& dloss, double scale, const Tensor& dlogits) = 0;
+  // Both in one pass over the logits, for training: the forward's outputs and the backward's
+  // dlogits for dloss = 1 (dlogits = scale * (softmax - onehot)); the loss's real gradient is
+  // applied later with scale_by_scalar. Default: the two calls above.
+  virtual void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                              const Tensor& lse, double scale, const Tensor& dlogits);
+  // x *= factor[0] in place, for a 1-element device tensor `factor`; nothing is written when the
+  // factor is exactly 1 (the usual loss seed), so no pass over x is made then on a GPU.
+  virtual void scale_by_scalar(const Tensor& x, const Tensor& factor);
 
   // AdamW on one parameter (all f32 or f64, same shape): decoupled weight decay, g = grad_scale * grad
   // (grad_scale carries gradient clipping, so gradients are never modified in place).

@@ -732,8 +732,22 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_va
   const int64_t rows = logits.size(0);
   Tensor losses = Tensor::empty({rows}, acc, logits.device());
   Tensor lse = Tensor::empty({rows}, acc, logits.device());
-  be(lc).cross_entropy_forward(lc, tc, losses, lse);
   const double inv = num_valid > 0 ? 1.0 / static_cast<double>(num_valid) : 0.0;
+  if (any_requires_grad({&logits})) {
+    // Training: dlogits for dloss = 1 come out of the same pass over the logits (which are then not
+    // kept); the backward only applies the real dloss, a no-op when it is the usual seed 1.
+    Tensor dlogits = like(lc);
+    be(lc).cross_entropy_forward_backward(lc, tc, losses, lse, inv, dlogits);
+    Tensor total = reduce_to(losses.view({rows}), {1});
+    Tensor loss = Tensor::empty({}, acc, logits.device());
+    be(total).affine(total, inv, 0.0, loss.view({1}));
+    record_op("cross_entropy", {logits, targets}, {loss}, [dlogits](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+      be(dlogits).scale_by_scalar(dlogits, g[0]);  // runs once (the graph is released after backward)
+      return {dlogits, Tensor()};
+    });
+    return loss;
+  }
+  be(lc).cross_entropy_forward(lc, tc, losses, lse);
   Tensor total = reduce_to(losses.view({rows}), {1});
   Tensor loss = Tensor::empty({}, acc, logits.device());
   be(total).affine(total, inv, 0.0, loss.view({1}));

@@ -205,6 +205,15 @@ void ProfilingBackend::cross_entropy_forward(const Tensor& logits, const Tensor&
                                              const Tensor& lse) {
   timed("cross_entropy_forward " + dt(logits), [&] { inner_.cross_entropy_forward(logits, targets, losses, lse); });
 }
+void ProfilingBackend::cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
+                                                      const Tensor& losses, const Tensor& lse, double scale,
+                                                      const Tensor& dlogits) {
+  timed("cross_entropy_forward_backward " + dt(logits),
+        [&] { inner_.cross_entropy_forward_backward(logits, targets, losses, lse, scale, dlogits); });
+}
+void ProfilingBackend::scale_by_scalar(const Tensor& x, const Tensor& factor) {
+  timed("scale_by_scalar", [&] { inner_.scale_by_scalar(x, factor); });
+}
 void ProfilingBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                                               const Tensor& dloss, double scale, const Tensor& dlogits) {
   timed("cross_entropy_backward " + dt(logits),

@@ -93,6 +93,9 @@ class CudaBackend final : public Backend {
                              const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss,
                               double scale, const Tensor& dlogits) override;
+  void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
+                                      const Tensor& lse, double scale, const Tensor& dlogits) override;
+  void scale_by_scalar(const Tensor& x, const Tensor& factor) override;
   void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m, const Tensor& v,
                   double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override;
   void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,

@@ -551,6 +551,35 @@ TEST_CASE("cuda: cross-entropy with ignored targets (forward and backward)", "[g
   }
 }
 
+TEST_CASE("cuda: fused cross-entropy forward+backward equals the separate kernels; scale_by_scalar", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("fused cross entropy");
+  Backend& gpu = backend_for(kGpu);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (int64_t vocab : {97, 128, 50304}) {
+      INFO(dtype_name(dt) << " V=" << vocab);
+      const int64_t rows = 9;
+      std::vector<int32_t> t(static_cast<size_t>(rows));
+      for (size_t i = 0; i < t.size(); ++i) t[i] = i % 4 == 1 ? -1 : static_cast<int32_t>((i * 7919) % size_t(vocab));
+      const Tensor logits = randn({rows, vocab}, 114, 2.0).to(dt).to(kGpu), targets = ids(t).to(kGpu);
+      auto stat = [&] { return Tensor::empty({rows}, DType::f32, kGpu); };
+      Tensor losses1 = stat(), lse1 = stat(), losses2 = stat(), lse2 = stat();
+      Tensor d1 = Tensor::empty(logits.shape(), dt, kGpu), d2 = Tensor::empty(logits.shape(), dt, kGpu);
+      Tensor one = Tensor::from_vector<float>({1.0f}, {1}, kGpu);
+      gpu.cross_entropy_forward(logits, targets, losses1, lse1);
+      gpu.cross_entropy_backward(logits, targets, lse1, one, 0.25, d1);
+      gpu.cross_entropy_forward_backward(logits, targets, losses2, lse2, 0.25, d2);
+      CHECK(rel_err(losses2, losses1) == 0.0);
+      CHECK(rel_err(lse2, lse1) == 0.0);
+      CHECK(rel_err(d2, d1) == 0.0);
+      const Tensor before = d2.clone();
+      gpu.scale_by_scalar(d2, one);
+      CHECK(rel_err(d2, before) == 0.0);  // factor 1: untouched
+      gpu.scale_by_scalar(d2, Tensor::from_vector<float>({2.5f}, {1}, kGpu));
+      CHECK(rel_err(d2, ops::scale(before.to(DType::f32), 2.5)) < (dt == DType::bf16 ? 4e-3 : 1e-7));
+    }
+  }
+}
+
 TEST_CASE("cuda: cross-entropy with -inf logits (masked vocabulary entries)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("cross entropy -inf");
   // The first 40 columns of every row are -inf: threads whose whole share starts with -inf must not
