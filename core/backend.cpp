@@ -43,6 +43,12 @@ void Backend::adamw_step_multi(const std::vector<AdamwTensors>& group, double gr
   }
 }
 
+void Backend::gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a,
+                       const Tensor& b, const Tensor& c, const Tensor& d) {
+  copy(c, d);
+  gemm(trans_a, trans_b, m, n, k, 1.0, a, b, 1.0, d);
+}
+
 void Backend::cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
                                              const Tensor& lse, double scale, const Tensor& dlogits) {
   cross_entropy_forward(logits, targets, losses, lse);

@@ -67,6 +67,11 @@ class Backend {
   virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                     const Tensor& b, double beta, const Tensor& c, int64_t batch = 1, int64_t stride_a = 0,
                     int64_t stride_b = 0, int64_t stride_c = 0) = 0;
+  // d = op(a) @ op(b) + c for [m, n] row-major c and d (distinct, contiguous, c's dtype): a GEMM whose
+  // epilogue adds another tensor (the residual stream) without first copying it into the output.
+  // Default: copy c into d, then gemm with beta = 1.
+  virtual void gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
+                        const Tensor& c, const Tensor& d);
 
   // ---- elementwise (inputs may be strided/broadcast views with zero strides; outputs contiguous)
   virtual void unary(UnaryOp op, const Tensor& x, const Tensor& y) = 0;

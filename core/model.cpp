@@ -279,6 +279,12 @@ std::pair<Tensor, Tensor> Transformer::add_norm(const Tensor& x, const Tensor& r
   return {out[0], out[1]};
 }
 
+std::pair<Tensor, Tensor> Transformer::norm_fork(const Tensor& x, const std::string& prefix) const {
+  if (spec_.norm.type == "layernorm") return {x, norm(x, prefix)};
+  const std::vector<Tensor> out = ops::rms_norm_fork(x, scale_value(prefix + ".weight"), spec_.norm.eps);
+  return {out[0], out[1]};
+}
+
 std::vector<Tensor> Transformer::project(const Tensor& x, const std::string& linear_prefix,
                                         const std::string& branch_prefix,
                                         const std::vector<std::pair<std::string, int64_t>>& branches,
@@ -341,7 +347,7 @@ Tensor Transformer::norm_over_last(const Tensor& x, const std::string& prefix) c
   return ops::rms_norm(x, weight, spec_.norm.eps);
 }
 
-Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
+Tensor Transformer::mlp(const Tensor& x, const std::string& prefix, const Tensor& residual) const {
   const bool gated = spec_.gated_activation();
   // Gated: mlp_branches is {gate, up}, produced as two separate tensors (no split copy).
   const std::vector<Tensor> gate_up = project(x, prefix + ".up", prefix, mlp_branches(spec_), maybe_param(prefix + ".up.bias"));
@@ -386,6 +392,7 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix) const {
   } else {
     h = ops::unary(opt::dictionary_op(act), h);
   }
+  if (residual.defined()) return ops::linear_residual(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"), residual);
   return ops::linear(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"));
 }
 
@@ -447,11 +454,13 @@ Tensor Transformer::hidden(const Tensor& tokens) const {
   }
   for (int64_t l = 0; l < spec_.n_layers; ++l) {
     const std::string p = "blocks." + std::to_string(l);
-    // Pre-norm block: x = h + attn(norm(h)); out = x + mlp(norm(x)), the first add fused with the
-    // norm that reads it.
+    // Pre-norm block: x = h + attn(norm(h)); out = x + mlp(norm(x)). No separate residual adds:
+    // the first is fused with the norm that reads it, the second done by the down projection's
+    // GEMM; in the backward, h's two gradients are summed inside attn_norm's kernel (norm_fork).
     auto block = [this, p](const std::vector<Tensor>& in) {
-      const auto [x, x_normed] = add_norm(in[0], attention(norm(in[0], p + ".attn_norm"), p + ".attn"), p + ".mlp_norm");
-      return ops::add(x, mlp(x_normed, p + ".mlp"));
+      const auto [h, h_normed] = norm_fork(in[0], p + ".attn_norm");
+      const auto [x, x_normed] = add_norm(h, attention(h_normed, p + ".attn"), p + ".mlp_norm");
+      return mlp(x_normed, p + ".mlp", x);
     };
     h = execution_.recompute_blocks ? ops::recompute(block, {h}) : block({h});
   }

@@ -105,9 +105,12 @@ class Transformer {
   Tensor norm(const Tensor& x, const std::string& prefix) const;
   // {x + residual, norm(x + residual)}: the residual add fused with the norm that reads it (RMSNorm).
   std::pair<Tensor, Tensor> add_norm(const Tensor& x, const Tensor& residual, const std::string& prefix) const;
+  // {x passed through, norm(x)}: x feeds the residual stream and the norm (rms_norm_fork for RMSNorm).
+  std::pair<Tensor, Tensor> norm_fork(const Tensor& x, const std::string& prefix) const;
   Tensor norm_over_last(const Tensor& x, const std::string& prefix) const;  // QK-norm (no bias)
   Tensor attention(const Tensor& x, const std::string& prefix) const;
-  Tensor mlp(const Tensor& x, const std::string& prefix) const;
+  // residual (optional): added by the down projection's GEMM (the block's second residual add).
+  Tensor mlp(const Tensor& x, const std::string& prefix, const Tensor& residual = Tensor()) const;
   // Parameters as the forward pass uses them (cast to the compute dtype): undefined when absent / throws.
   Tensor maybe_param(const std::string& name) const;
   Tensor use(const std::string& name) const;

@@ -354,36 +354,48 @@ Tensor* master_grad_target(const std::shared_ptr<Node>& weight_fn, const Tensor&
 }
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  check_defined("linear", x, "x");
-  check_defined("linear", weight, "weight");
-  check_compatible("linear", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+namespace {
+// y = x @ weight^T (+ bias) (+ residual), recorded as `op` with inputs {x, weight, bias[, residual]}.
+// The residual (linear_residual) is added by the GEMM's epilogue (gemm_add) and gets the output's
+// gradient unchanged.
+Tensor linear_impl(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
+  check_defined(op, x, "x");
+  check_defined(op, weight, "weight");
+  check_compatible(op, {{"x", &x}, {"weight", &weight}, {"bias", &bias}, {"residual", &residual}});
   if (weight.ndim() != 2 || x.ndim() < 1 || x.size(-1) != weight.size(1))
-    fail("linear", "x " + shape_str(x.shape()) + " does not fit weight " + shape_str(weight.shape()) +
-                       " (expected x [..., in] and weight [out, in])");
+    fail(op, "x " + shape_str(x.shape()) + " does not fit weight " + shape_str(weight.shape()) +
+                 " (expected x [..., in] and weight [out, in])");
   const int64_t in = weight.size(1), out_features = weight.size(0);
-  if (in == 0) fail("linear", "weight " + shape_str(weight.shape()) + " has no input features");
+  if (in == 0) fail(op, "weight " + shape_str(weight.shape()) + " has no input features");
   if (bias.defined() && bias.shape() != Shape{out_features})
-    fail("linear", "bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
+    fail(op, "bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
   const int64_t rows = x.numel() / in;
   Tensor x2 = x.contiguous();
   Tensor w = weight.contiguous();
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
+  if (residual.defined() && residual.shape() != out_shape)
+    fail(op, "residual " + shape_str(residual.shape()) + " does not match the output " + shape_str(out_shape));
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
-  double beta = 0.0;
-  if (bias.defined()) {
-    be(y).copy(expand_view(bias, {rows, out_features}), y.view({rows, out_features}));
-    beta = 1.0;
+  if (residual.defined()) {
+    be(x2).gemm_add(false, true, rows, out_features, in, x2, w, residual.contiguous(), y);
+  } else {
+    double beta = 0.0;
+    if (bias.defined()) {
+      be(y).copy(expand_view(bias, {rows, out_features}), y.view({rows, out_features}));
+      beta = 1.0;
+    }
+    be(x2).gemm(false, true, rows, out_features, in, 1.0, x2, w, beta, y);
   }
-  be(x2).gemm(false, true, rows, out_features, in, 1.0, x2, w, beta, y);
   const bool need_x = x.requires_grad() || x.grad_fn();
   const bool need_w = weight.requires_grad() || weight.grad_fn();
   const Tensor xd = x2.detach(), wd = w.detach();
   const Shape bias_shape = bias.shape();
-  const bool has_bias = bias.defined();
+  const bool has_bias = bias.defined(), has_residual = residual.defined();
   const std::shared_ptr<Node> weight_fn = weight.grad_fn();
-  record_op("linear", {x, weight, bias}, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+  std::vector<Tensor> inputs{x, weight, bias};
+  if (has_residual) inputs.push_back(residual);
+  record_op(op, inputs, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dy = g[0].contiguous();
     Tensor dx, dw, db;
     if (need_x) {
@@ -398,9 +410,21 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, 0.0, dw);
     }
     if (has_bias) db = reduce_to(dy.view({rows, out_features}), {1, out_features}).view(bias_shape);
+    if (has_residual) return {dx, dw, db, dy};
     return {dx, dw, db};
   });
   return y;
+}
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear_impl("linear", x, weight, bias, Tensor());
+}
+
+Tensor linear_residual(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
+  check_defined("linear_residual", residual, "residual");
+  if (bias.defined()) return add(residual, linear(x, weight, bias));  // no epilogue for both: compose
+  return linear_impl("linear_residual", x, weight, Tensor(), residual);
 }
 
 std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -576,6 +600,34 @@ std::vector<Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const 
     return {dsum, dsum, dw};
   });
   return {sum, y};
+}
+
+std::vector<Tensor> rms_norm_fork(const Tensor& x, const Tensor& weight, double eps) {
+  check_defined("rms_norm_fork", x, "x");
+  check_compatible("rms_norm_fork", {{"x", &x}, {"weight", &weight}});
+  if (x.ndim() < 1 || x.size(-1) == 0 || (weight.defined() && weight.shape() != Shape{x.size(-1)}))
+    fail("rms_norm_fork", "x " + shape_str(x.shape()) + " and weight " + shape_str(weight.shape()) +
+                              " (expected a non-empty last dim and weight [last dim of x])");
+  const Tensor xc = x.contiguous();
+  const Tensor w = weight.defined() ? weight.contiguous() : Tensor();
+  const int64_t rows = xc.numel() / xc.size(-1);
+  Tensor through = xc.detach(), y = like(xc);  // `through` shares x's storage: no copy
+  Tensor rstd = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
+  be(xc).rms_norm_forward(xc, w, eps, y, rstd);
+  const Tensor xd = xc.detach(), wd = w.detach(), rd = rstd.detach();
+  record_op("rms_norm_fork", {x, weight}, {through, y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    // dx = the gradient of the pass-through + the norm's backward, in one kernel.
+    Tensor dx = like(xd);
+    Tensor dw = wd.defined() ? zeros_like(wd) : Tensor();
+    if (g[1].defined() && g[0].defined())
+      be(xd).rms_norm_backward_add(xd, wd, rd, g[1].contiguous(), g[0].contiguous(), dx, dw);
+    else if (g[1].defined())
+      be(xd).rms_norm_backward(xd, wd, rd, g[1].contiguous(), dx, dw);
+    else
+      be(xd).copy(g[0], dx);  // only the pass-through was used
+    return {dx, dw};
+  });
+  return {through, y};
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {

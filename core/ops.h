@@ -44,6 +44,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // rows writes each part as its own contiguous tensor [..., sizes[i]], so neither the forward's
 // split copies nor the backward's concatenation of the parts' gradients exist (fused QKV and
 // gate/up projections). sizes sum to weight.size(0); bias [sum(sizes)] or undefined.
+// residual + x @ weight^T (+ bias): the residual stream added by the GEMM itself (no separate add
+// pass); residual [..., out] gets the output's gradient.
+Tensor linear_residual(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual);
 std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                  const std::vector<int64_t>& sizes);
 // ids [...] (i32/i64), table [V, D] -> [..., D]
@@ -53,6 +56,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
 // {sum, rms_norm(sum, weight, eps)} with sum = x + residual (same shape): the residual add of a
 // pre-norm block fused with the norm that reads it. Same values as add() then rms_norm().
 std::vector<Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps);
+// {x, rms_norm(x, weight, eps)}: x passed through (same storage) next to its norm, for a block input
+// that feeds both the residual stream and the norm; the backward sums the two gradients inside the
+// norm's kernel (no separate add of the residual stream's gradients).
+std::vector<Tensor> rms_norm_fork(const Tensor& x, const Tensor& weight, double eps);
 // LayerNorm over the last dim; weight/bias [D] or undefined.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 // Rotary position embedding of x [B, T, H, D] (D even), positions 0..T-1.

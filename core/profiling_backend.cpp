@@ -107,6 +107,12 @@ void ProfilingBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, in
                           (batch > 1 ? " batch" + std::to_string(batch) : "") + (beta != 0.0 ? " +c" : "");
   timed(key, [&] { inner_.gemm(trans_a, trans_b, m, n, k, alpha, a, b, beta, c, batch, stride_a, stride_b, stride_c); });
 }
+void ProfilingBackend::gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a,
+                                const Tensor& b, const Tensor& c, const Tensor& d) {
+  const std::string key = "gemm " + dt(a) + " " + (trans_a ? "T" : "N") + (trans_b ? "T" : "N") + " m" +
+                          std::to_string(m) + " n" + std::to_string(n) + " k" + std::to_string(k) + " +residual";
+  timed(key, [&] { inner_.gemm_add(trans_a, trans_b, m, n, k, a, b, c, d); });
+}
 void ProfilingBackend::unary(UnaryOp op, const Tensor& x, const Tensor& y) {
   timed(std::string("unary ") + unary_op_name(op), [&] { inner_.unary(op, x, y); });
 }

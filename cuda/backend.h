@@ -51,6 +51,8 @@ class CudaBackend final : public Backend {
             const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
             int64_t stride_c) override;
 
+  void gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
+                const Tensor& c, const Tensor& d) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& y) override;
   void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) override;
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
@@ -108,9 +110,10 @@ class CudaBackend final : public Backend {
   // Waits for the stream, then throws the first DeviceError recorded by a kernel (and clears it).
   void sync_and_check();
   // cuBLASLt matmul (returns false when no algorithm fits, and the caller falls back to cuBLAS).
+  // d (when given) receives the result instead of c, which is then only read (beta * c).
   bool gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
-               int64_t stride_c);
+               int64_t stride_c, const Tensor* d = nullptr);
   // cos/sin tables [seq, dim/2] for rope, built on the device in double and cached.
   const Tensor& rope_table(int64_t seq, int64_t dim, double theta, DType dtype);
 

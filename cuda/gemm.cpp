@@ -71,13 +71,15 @@ void set_batch(cublasLtMatrixLayout_t layout, int64_t batch, int64_t stride) {
 
 bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
                           const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a,
-                          int64_t stride_b, int64_t stride_c) {
+                          int64_t stride_b, int64_t stride_c, const Tensor* d) {
   const GemmTypes ty = gemm_types(a.dtype(), allow_tf32_);
   const cudaDataType_t c_type = gemm_types(c.dtype(), allow_tf32_).data;  // f32 for bf16 inputs, or ty.data
   const int64_t es = static_cast<int64_t>(ty.elem);
   const uint32_t al_a = alignment(a.raw_data(), stride_a * es, batch);
   const uint32_t al_b = alignment(b.raw_data(), stride_b * es, batch);
-  const uint32_t al_c = alignment(c.raw_data(), stride_c * static_cast<int64_t>(dtype_size(c.dtype())), batch);
+  const uint32_t al_c = std::min(
+      alignment(c.raw_data(), stride_c * static_cast<int64_t>(dtype_size(c.dtype())), batch),
+      d ? alignment(d->raw_data(), stride_c * static_cast<int64_t>(dtype_size(c.dtype())), batch) : 256u);
   char key[256];
   std::snprintf(key, sizeof key, "%d>%d|%d%d|%lld,%lld,%lld|%lld:%lld,%lld,%lld|%u,%u,%u|%d", int(a.dtype()),
                 int(c.dtype()), trans_a,
@@ -139,7 +141,8 @@ bool CudaBackend::gemm_lt(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
   const void* alpha_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&alpha) : &alpha_f;
   const void* beta_p = ty.scale == CUDA_R_64F ? static_cast<const void*>(&beta) : &beta_f;
   const cublasStatus_t st = cublasLtMatmul(cublaslt_, plan->desc, alpha_p, b.raw_data(), plan->a, a.raw_data(),
-                                           plan->b, beta_p, c.raw_data(), plan->c, c.raw_data(), plan->c, &plan->algo,
+                                           plan->b, beta_p, c.raw_data(), plan->c, d ? d->raw_data() : c.raw_data(),
+                                           plan->c, &plan->algo,
                                            workspace_, workspace_bytes_, stream_);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // the heuristic's pick rejected at run time: use cuBLAS from now on
     std::lock_guard<std::mutex> lock(mutex_);
@@ -180,6 +183,19 @@ void CudaBackend::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
                                           static_cast<int>(k), alpha_p, b.raw_data(), ty.data, lda, stride_b,
                                           a.raw_data(), ty.data, ldb, stride_a, beta_p, c.raw_data(), c_type, ldc,
                                           stride_c, static_cast<int>(batch), ty.compute, CUBLAS_GEMM_DEFAULT));
+}
+
+void CudaBackend::gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a,
+                           const Tensor& b, const Tensor& c, const Tensor& d) {
+  if (c.dtype() != d.dtype() || c.numel() != m * n || d.numel() != m * n || !c.is_contiguous() || !d.is_contiguous())
+    throw std::invalid_argument("gemm_add: c " + c.describe() + " and d " + d.describe() + " must be contiguous [" +
+                                std::to_string(m) + ", " + std::to_string(n) + "] of one dtype");
+  if (m == 0 || n == 0) return;
+  if (a.dtype() != c.dtype() || b.dtype() != c.dtype())
+    throw std::invalid_argument("gemm_add: a " + a.describe() + ", b " + b.describe() + ", c " + c.describe() +
+                                " must share one dtype");
+  if (k > 0 && !force_cublas_ && gemm_lt(trans_a, trans_b, m, n, k, 1.0, a, b, 1.0, c, 1, 0, 0, 0, &d)) return;
+  Backend::gemm_add(trans_a, trans_b, m, n, k, a, b, c, d);  // copy, then the cuBLAS path
 }
 
 }  // namespace pt::cuda

@@ -10,7 +10,8 @@
 //   rms:   dx = rstd * (g w - x_hat * mean(g w x_hat))
 //   layer: dx = rstd * (g w - mean(g w) - x_hat * mean(g w x_hat))
 // Weight/bias grads are accumulated (+=) with the deterministic column reduction of common.cuh
-// (no atomics): dw += sum_rows(g * x_hat), db += sum_rows(g).
+// (no atomics): dw += sum_rows(g * x_hat), db += sum_rows(g). The packed rms backward computes the
+// weight gradient's per-block column sums in its own pass (rms_norm_backward_fused_kernel).
 // mean/rstd tensors are the data dtype or f32 (dispatch_stat).
 // Fused residual (add_rms_norm_forward / rms_norm_backward_add): the rms kernels take an optional
 // residual branch r and write sum = x + r (rounded to the dtype, the value the statistics and the
@@ -134,6 +135,80 @@ __global__ void rms_norm_backward_kernel(int64_t rows, int64_t dim, const T* x, 
   }
 }
 
+// The rms backward with the weight gradient in the same pass (128-bit packs, dweight wanted): a
+// grid of a few blocks per SM strides over the rows; each thread owns up to PPT packs of columns,
+// keeps its rows' x and dy packs in registers between the dot product and dx (one read of each),
+// holds w in registers for all rows, and sums dy * x_hat for its columns over its block's rows.
+// partial[block, dim] (fp32, fp64 for f64) is then reduced over the blocks (column_reduce):
+// no second pass over x and dy for dweight.
+template <class T, class S, int PPT>
+__global__ void rms_norm_backward_fused_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const S* rstd,
+                                               const T* dy, const T* dres, T* dx, acc_t<T>* partial) {
+  using A = acc_t<T>;
+  using RP = RowPack<T, true>;
+  constexpr int P = RP::P;
+  const int64_t packs = dim / P;
+  RP wp[PPT];
+  A dw[PPT][P];
+#pragma unroll
+  for (int q = 0; q < PPT; ++q) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      dw[q][k] = A(0);
+      wp[q].v[k] = cvt<T>(A(1));
+    }
+    if (w && j < packs) wp[q].load(w, j);
+  }
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const A inv = cvt<A>(rstd[r]);
+    RP xp[PPT], gp[PPT];
+    A dot = 0;
+#pragma unroll
+    for (int q = 0; q < PPT; ++q) {
+      const int64_t j = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
+      if (j < packs) {
+        xp[q].load(x + r * dim, j);
+        gp[q].load(dy + r * dim, j);
+#pragma unroll
+        for (int k = 0; k < P; ++k) dot += cvt<A>(gp[q].v[k]) * cvt<A>(wp[q].v[k]) * cvt<A>(xp[q].v[k]) * inv;
+      }
+    }
+    dot = block_sum(dot);
+    const A mean_dot = dot / A(dim);
+#pragma unroll
+    for (int q = 0; q < PPT; ++q) {
+      const int64_t j = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
+      if (j < packs) {
+        RP rp, dp;
+        if (dres) rp.load(dres + r * dim, j);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          const A g = cvt<A>(gp[q].v[k]), xv = cvt<A>(xp[q].v[k]);
+          dp.v[k] = cvt<T>(inv * (g * cvt<A>(wp[q].v[k]) - xv * inv * mean_dot) + (dres ? cvt<A>(rp.v[k]) : A(0)));
+          dw[q][k] += g * xv * inv;
+        }
+        dp.store(dx + r * dim, j);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < PPT; ++q) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
+    if (j < packs)
+#pragma unroll
+      for (int k = 0; k < P; ++k) partial[static_cast<int64_t>(blockIdx.x) * dim + j * P + k] = dw[q][k];
+  }
+}
+
+// f(r, c) = partial[r, c] (the fused kernel's per-block column sums).
+template <class A>
+struct LoadPartial {
+  const A* partial;
+  int64_t dim;
+  __device__ A operator()(int64_t r, int64_t c) const { return partial[r * dim + c]; }
+};
+
 template <class T, class S>
 __global__ void layer_norm_forward_kernel(int64_t rows, int64_t dim, const T* x, const T* w, const T* b, double eps,
                                           T* y, S* mean, S* rstd) {
@@ -243,7 +318,7 @@ void launch_rms_forward(cudaStream_t stream, const Tensor& x, const Tensor& res,
 }
 
 // dx = (dres if defined) + rms_norm dx; dweight += sum_rows(dy * x_hat) when defined.
-void launch_rms_backward(cudaStream_t stream, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+void launch_rms_backward(cudaStream_t stream, int sm_count, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                          const Tensor& dy, const Tensor& dres, const Tensor& dx, const Tensor& dweight,
                          const char* op) {
   const int64_t dim = x.size(-1), rows = dim ? x.numel() / dim : 0;
@@ -253,7 +328,27 @@ void launch_rms_backward(cudaStream_t stream, const Tensor& x, const Tensor& wei
     using A = acc_t<T>;
     dispatch_stat<T>(rstd, op, [&](auto s) {
       using S = decltype(s);
-      if (rms_vec<T>(dim, {&x, &weight, &dy, &dres, &dx})) {
+      const bool vec = rms_vec<T>(dim, {&x, &weight, &dy, &dres, &dx});
+      const int64_t packs = dim / Pack<T>::size;
+      const int threads = row_threads(packs);
+      const int64_t per_thread = (packs + threads - 1) / threads;
+      if (vec && dweight.defined() && per_thread <= 4) {
+        // Enough blocks to fill the device (2048 threads per SM), but at most one per row.
+        const int64_t blocks = std::min<int64_t>(rows, int64_t{sm_count} * (2048 / threads));
+        Tensor partial = Tensor::empty({blocks, dim}, std::is_same_v<A, double> ? DType::f64 : DType::f32, x.device());
+        auto launch = [&](auto ppt) {
+          rms_norm_backward_fused_kernel<T, S, decltype(ppt)::value><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+              rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr_or_null<T>(dres), ptr<T>(dx),
+              ptr<A>(partial));
+        };
+        if (per_thread == 1) launch(std::integral_constant<int, 1>{});
+        else if (per_thread == 2) launch(std::integral_constant<int, 2>{});
+        else launch(std::integral_constant<int, 4>{});
+        CUDA_CHECK_LAUNCH();
+        column_reduce<A, T>(stream, blocks, dim, LoadPartial<A>{ptr<A>(partial), dim}, ptr<T>(dweight), true);
+        return;
+      }
+      if (vec) {
         rms_norm_backward_kernel<T, S, true><<<row_grid(rows), row_threads(dim / Pack<T>::size), 0, stream>>>(
             rows, dim, ptr<T>(x), ptr_or_null<T>(weight), ptr<S>(rstd), ptr<T>(dy), ptr_or_null<T>(dres), ptr<T>(dx));
       } else {
@@ -281,12 +376,12 @@ void CudaBackend::add_rms_norm_forward(const Tensor& x, const Tensor& residual, 
 
 void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                                     const Tensor& dx, const Tensor& dweight) {
-  launch_rms_backward(stream_, x, weight, rstd, dy, Tensor(), dx, dweight, "rms_norm_backward");
+  launch_rms_backward(stream_, sm_count_, x, weight, rstd, dy, Tensor(), dx, dweight, "rms_norm_backward");
 }
 
 void CudaBackend::rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                                         const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) {
-  launch_rms_backward(stream_, x, weight, rstd, dy, dresidual, dx, dweight, "rms_norm_backward_add");
+  launch_rms_backward(stream_, sm_count_, x, weight, rstd, dy, dresidual, dx, dweight, "rms_norm_backward_add");
 }
 
 void CudaBackend::layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,

@@ -460,6 +460,23 @@ TEST_CASE("cuda: rms_norm and layer_norm (forward and backward)", "[gpu][cuda]")
   }
 }
 
+TEST_CASE("cuda: rms_norm backward with the weight gradient in the same pass (many rows, wide rows)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("rms_norm fused weight gradient");
+  // 4500 rows of 768: more rows than the fused kernel's blocks (each block strides over several);
+  // 4096 and 8192 wide: two and four packs per thread (bf16), four (f32, 4096).
+  struct Case { int64_t rows, dim; };
+  for (const Case c : {Case{4500, 768}, Case{70, 4096}, Case{33, 8192}}) {
+    const std::string d = " rows " + std::to_string(c.rows) + " dim " + std::to_string(c.dim);
+    Tensor x = randn({c.rows, c.dim}, 87), w = ops::add_scalar(randn({c.dim}, 88, 0.1), 1.0);
+    check_parity("rms_norm" + d, [](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops::rms_norm(in[0], in[1], 1e-5)};
+    }, {x, w});
+    check_parity("add_rms_norm" + d, [](const std::vector<Tensor>& in) {
+      return ops::add_rms_norm(in[0], in[1], in[2], 1e-5);
+    }, {x, randn({c.rows, c.dim}, 89), w});
+  }
+}
+
 TEST_CASE("cuda: add_rms_norm, the residual add fused with the norm (forward and backward)", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("add_rms_norm");
   // Both outputs used; dims with 128-bit packs (64, 768) and without (100).
@@ -471,6 +488,24 @@ TEST_CASE("cuda: add_rms_norm, the residual add fused with the norm (forward and
   check_parity("add_rms_norm (no weight, only the normed output)", [](const std::vector<Tensor>& in) {
     return std::vector<Tensor>{ops::add_rms_norm(in[0], in[1], Tensor(), 1e-5)[1]};
   }, {randn({5, 96}, 73), randn({5, 96}, 74)});
+}
+
+TEST_CASE("cuda: rms_norm_fork and linear_residual (forward and backward)", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("rms_norm_fork and linear_residual");
+  check_parity("rms_norm_fork", [](const std::vector<Tensor>& in) { return ops::rms_norm_fork(in[0], in[1], 1e-5); },
+               {randn({5, 96}, 75), randn({96}, 76)});
+  check_parity("linear_residual", [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::linear_residual(in[0], in[1], Tensor(), in[2])};
+  }, {randn({3, 7, 40}, 77), randn({24, 40}, 78, 0.2), randn({3, 7, 24}, 79)});
+  // gemm_add writes d, reads c (distinct, c unchanged).
+  const Tensor a = randn({33 * 17}, 84).to(kGpu), b = randn({17 * 29}, 85).to(kGpu), c = randn({33 * 29}, 86).to(kGpu);
+  const Tensor c_before = c.clone();
+  Tensor d = Tensor::empty({33 * 29}, DType::f32, kGpu);
+  backend_for(kGpu).gemm_add(false, false, 33, 29, 17, a, b, c, d);
+  Tensor ref = c.to(kCpu).to(DType::f64);
+  backend_for(kCpu).gemm(false, false, 33, 29, 17, 1.0, a.to(kCpu).to(DType::f64), b.to(kCpu).to(DType::f64), 1.0, ref);
+  CHECK(rel_err(d, ref) < 1e-5);
+  CHECK(rel_err(c, c_before) == 0.0);
 }
 
 TEST_CASE("cuda: rope (forward and backward)", "[gpu][cuda]") {

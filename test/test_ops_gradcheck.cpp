@@ -110,6 +110,45 @@ TEST_CASE("gradcheck: add_rms_norm (residual add fused with the norm)", "[ops][g
   CHECK_THROWS_AS(ops::add_rms_norm(x, random_f64({2, 3, 5}, 30), Tensor(), 1e-5), std::invalid_argument);
 }
 
+TEST_CASE("gradcheck: rms_norm_fork (pass-through and norm, gradients summed in the norm)", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 6}, 31);
+  auto w = random_f64({6}, 32);
+  // Both outputs used (the block's case), only the norm, only the pass-through, and without weight.
+  CHECK_GRAD(gradcheck(
+      [](auto& in) {
+        auto out = ops::rms_norm_fork(in[0], in[1], 1e-5);
+        return ops::add(ops::mul(out[0], out[0]), ops::scale(out[1], 0.3));
+      },
+      {x, w}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::rms_norm_fork(in[0], in[1], 1e-5)[1]; }, {x.clone(), w.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::scale(ops::rms_norm_fork(in[0], in[1], 1e-5)[0], 2.0); },
+                       {x.clone(), w.clone()}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::mul(ops::rms_norm_fork(in[0], Tensor(), 1e-5)[1], in[0]); },
+                       {x.clone()}));
+  // Forward: x itself and exactly rms_norm().
+  const auto out = ops::rms_norm_fork(x, w, 1e-5);
+  CHECK(out[0].to_vector<double>() == x.to_vector<double>());
+  CHECK(out[1].to_vector<double>() == ops::rms_norm(x, w, 1e-5).to_vector<double>());
+  CHECK_THROWS_AS(ops::rms_norm_fork(x, random_f64({5}, 33), 1e-5), std::invalid_argument);
+}
+
+TEST_CASE("gradcheck: linear_residual (residual added by the GEMM)", "[ops][gradcheck]") {
+  auto x = random_f64({2, 3, 5}, 34);
+  auto w = random_f64({4, 5}, 35);
+  auto b = random_f64({4}, 36);
+  auto r = random_f64({2, 3, 4}, 37);
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear_residual(in[0], in[1], Tensor(), in[2]); },
+                       {x, w, r}));
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear_residual(in[0], in[1], in[2], in[3]); },
+                       {x.clone(), w.clone(), b.clone(), r.clone()}));
+  const Tensor y = ops::linear_residual(x, w, Tensor(), r);
+  const auto expected = ops::add(r, ops::linear(x, w)).to_vector<double>();
+  const auto got = y.to_vector<double>();
+  REQUIRE(got.size() == expected.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(expected[i]).epsilon(1e-14));
+  CHECK_THROWS_AS(ops::linear_residual(x, w, Tensor(), random_f64({2, 3, 5}, 38)), std::invalid_argument);
+}
+
 TEST_CASE("gradcheck: embedding (repeated ids accumulate)", "[ops][gradcheck]") {
   Tensor ids = Tensor::from_vector<int32_t>({1, 3, 1, 0, 3, 3}, {2, 3});
   auto table = random_f64({5, 4}, 10);

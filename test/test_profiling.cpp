@@ -67,7 +67,7 @@ TEST_CASE("the profiling backend times every kernel of a step and changes no res
     saw_gemm = saw_gemm || entries[i].key.rfind("gemm f32", 0) == 0;
     saw_attention = saw_attention || entries[i].key.rfind("attention_backward f32", 0) == 0;
     saw_adamw = saw_adamw || (entries[i].key == "adamw_step_multi" && entries[i].calls == 1);
-    saw_loss = saw_loss || entries[i].key == "cross_entropy_forward f32";
+    saw_loss = saw_loss || entries[i].key == "cross_entropy_forward_backward f32";  // training: the fused kernel
   }
   CHECK(saw_gemm);
   CHECK(saw_attention);
