@@ -586,7 +586,7 @@ TEST_CASE("cuda: cross-entropy with ignored targets (forward and backward)", "[g
   }
 }
 
-TEST_CASE("cuda: fused cross-entropy forward+backward equals the separate kernels; scale_by_scalar", "[gpu][cuda]") {
+TEST_CASE("cuda: fused cross-entropy forward+backward equals the separate kernels, and scale_by_scalar", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("fused cross entropy");
   Backend& gpu = backend_for(kGpu);
   for (DType dt : {DType::f32, DType::bf16}) {

@@ -102,7 +102,7 @@ TEST_CASE("tokenize JSONL with a validation split, any thread count gives the sa
   CHECK(decoded.size() == s.text_bytes + 200 * std::string("<|endoftext|>").size());
 }
 
-TEST_CASE("tokenize: long text is chunked without changing its tokens; bad input is named", "[data]") {
+TEST_CASE("tokenize: long text is chunked without changing its tokens, and bad input is named", "[data]") {
   TempDir dir;
   const BpeTokenizer tok = BpeTokenizer::load(std::string(PRETRAIN_SOURCE_DIR) + "/test/data/tokenizer.json");
   std::string text;

@@ -69,7 +69,7 @@ TEST_CASE("cast: values round through f32 and gradients come back in the source 
   CHECK_THROWS_AS(ops::cast(Tensor::from_vector<int32_t>({1}, {1}), DType::f32), std::invalid_argument);
 }
 
-TEST_CASE("cast_cached: the copy's values forward, the cast's gradient back; master_grad_slot finds the master", "[ops]") {
+TEST_CASE("cast_cached: the copy's values forward, the cast's gradient back, and master_grad_slot finds the master", "[ops]") {
   Tensor master = Tensor::from_vector<double>({1.0, 2.5, -3.25}, {3});
   master.set_requires_grad(true);
   const Tensor copy = master.detach().to(DType::f32);

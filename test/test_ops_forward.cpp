@@ -48,7 +48,7 @@ TEST_CASE("causal attention equals masked softmax(QK^T)V", "[ops]") {
   CHECK(max_abs_diff(out, Tensor::from_vector(ref, out.shape())) < 1e-12);
 }
 
-TEST_CASE("rope rotates pairs and preserves norms; position 0 is identity", "[ops]") {
+TEST_CASE("rope rotates pairs and preserves norms, and position 0 is identity", "[ops]") {
   auto x = random_f64({1, 4, 2, 6}, 4);
   Tensor y = ops::rope(x, 10000.0);
   auto xv = x.to_vector<double>(), yv = y.to_vector<double>();
@@ -172,7 +172,7 @@ TEST_CASE("autograd: a backward that returns a wrong-shaped gradient for a non-l
   CHECK(message.find("wrong_shape") != std::string::npos);
 }
 
-TEST_CASE("autograd: saved tensors are freed during backward; a second backward is a clear error", "[autograd]") {
+TEST_CASE("autograd: saved tensors are freed during backward, and a second backward is a clear error", "[autograd]") {
   const int64_t before = allocator_for(Device::cpu()).stats().allocated_bytes;
   Tensor w = random_f64({64, 64}, 30);
   w.set_requires_grad(true);
