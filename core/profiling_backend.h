@@ -3,8 +3,10 @@
 // by the kernel's name. Two ways of timing, chosen by the inner backend:
 //  - device timestamps (CUDA): a marker is recorded in the queue before and after each call and
 //    the device time between them is read later (flush), so calls are neither synchronised nor
-//    charged their launch overhead: the totals are the step's device time, op by op. When the host
-//    cannot keep the device busy, the idle time falls between calls and is charged to none.
+//    charged their launch overhead: the totals are the step's device time, op by op, as long as
+//    the device has queued work. When it waits for the host, a call's start marker runs as soon
+//    as it is queued, so the wait until its kernels arrive is charged to that call (a profile
+//    total close to the timed step says the device never waited).
 //  - otherwise (CPU): each call is bracketed by synchronize() and host clock reads.
 #pragma once
 

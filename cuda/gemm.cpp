@@ -191,6 +191,10 @@ void CudaBackend::gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int
     throw std::invalid_argument("gemm_add: c " + c.describe() + " and d " + d.describe() + " must be contiguous [" +
                                 std::to_string(m) + ", " + std::to_string(n) + "] of one dtype");
   if (m == 0 || n == 0) return;
+  if (a.numel() < m * k || b.numel() < k * n)
+    throw std::invalid_argument("gemm_add: a " + a.describe() + " or b " + b.describe() + " is smaller than the [" +
+                                std::to_string(m) + ", " + std::to_string(k) + "] x [" + std::to_string(k) + ", " +
+                                std::to_string(n) + "] product");
   if (a.dtype() != c.dtype() || b.dtype() != c.dtype())
     throw std::invalid_argument("gemm_add: a " + a.describe() + ", b " + b.describe() + ", c " + c.describe() +
                                 " must share one dtype");

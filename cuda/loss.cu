@@ -16,9 +16,13 @@
 namespace pt::cuda {
 namespace {
 
+// A NaN logit makes the thread's pair (NaN, NaN), so the row's lse (and loss) come out NaN as on
+// the CPU: max() ignores NaN, and a pair left at m = -inf would be dropped when the block merges.
 template <class A>
 __device__ __forceinline__ void online_add(A& m, A& s, A x) {
-  if (x > m) {
+  if (x != x) {
+    m = s = x;
+  } else if (x > m) {
     s = s * exp(m - x) + A(1);  // exp(-inf) = 0 on the first element
     m = x;
   } else if (x != A(-INFINITY)) {  // x = m = -inf would add exp(nan): a -inf logit contributes 0
@@ -43,6 +47,13 @@ __device__ acc_t<T> row_logsumexp(const T* row, int64_t vocab, bool vec) {
       for (int k = 0; k < P; ++k) {
         x[k] = cvt<A>(p.v[k]);
         pm = max(pm, x[k]);
+      }
+      bool nan = false;
+#pragma unroll
+      for (int k = 0; k < P; ++k) nan = nan || x[k] != x[k];
+      if (nan) {  // see online_add
+        m = s = A(NAN);
+        continue;
       }
       if (pm == A(-INFINITY)) continue;  // every value -inf: adds 0
       if (pm > m) {
@@ -219,6 +230,9 @@ void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Ten
   check_targets("cross_entropy", targets, rows);
   if (rows == 0) return;
   if (losses.dtype() != lse.dtype()) throw std::invalid_argument("cross_entropy: losses and lse dtypes differ");
+  // dlogits may not alias the logits: thread 0 reads the target's logit while other warps write.
+  if (dlogits.raw_data() == logits.raw_data())
+    throw std::invalid_argument("cross_entropy: dlogits must not be the logits' own storage");
   if (dlogits.shape() != logits.shape() || dlogits.dtype() != logits.dtype() || !dlogits.is_contiguous())
     throw std::invalid_argument("cross_entropy: dlogits " + dlogits.describe() + " does not match logits " +
                                 logits.describe());
@@ -240,6 +254,8 @@ void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Ten
 void CudaBackend::scale_by_scalar(const Tensor& x, const Tensor& factor) {
   if (factor.numel() != 1) throw std::invalid_argument("scale_by_scalar: factor " + factor.describe() + " is not one element");
   if (!x.is_contiguous()) throw std::invalid_argument("scale_by_scalar: x " + x.describe() + " is not contiguous");
+  if (factor.device() != x.device())
+    throw std::invalid_argument("scale_by_scalar: factor " + factor.describe() + " is not on x's device");
   if (x.numel() == 0) return;
   dispatch_float(x.dtype(), "scale_by_scalar", [&](auto t) {
     using T = decltype(t);

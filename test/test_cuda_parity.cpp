@@ -635,6 +635,29 @@ TEST_CASE("cuda: cross-entropy with -inf logits (masked vocabulary entries)", "[
   CHECK(rel_err(lg.grad(), lc.grad()) < 1e-5);
 }
 
+TEST_CASE("cuda: a NaN logit makes the cross-entropy NaN, as on the CPU", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("cross entropy NaN");
+  // V = 97: the scalar path; V = 128: 128-bit packs (a whole pack of NaN, and one NaN in a pack).
+  for (int64_t vocab : {97, 128}) {
+    for (int64_t nan_cols : {1, 8}) {
+      INFO("V=" << vocab << ", " << nan_cols << " NaN columns");
+      std::vector<float> values = randn({3, vocab}, 115).to_vector<float>();
+      for (int64_t j = 16; j < 16 + nan_cols; ++j) values[size_t(vocab + j)] = NAN;  // row 1
+      for (DType dt : {DType::f32, DType::bf16}) {
+        INFO(dtype_name(dt));
+        const Tensor logits = Tensor::from_vector(values, {3, vocab}).to(dt);
+        const Tensor targets = ids(std::vector<int32_t>{5, 40, 7});
+        Tensor lc = logits.to(DType::f32).clone().set_requires_grad(true);
+        Tensor lg = logits.to(kGpu).set_requires_grad(true);
+        CHECK(std::isnan(ops::cross_entropy(lc, targets).item()));
+        CHECK(std::isnan(ops::cross_entropy(lg, targets.to(kGpu)).item()));  // fused training path
+        NoGradGuard no_grad;
+        CHECK(std::isnan(ops::cross_entropy(logits.to(kGpu), targets.to(kGpu)).item()));  // forward kernel
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda: adamw_step matches the CPU update", "[gpu][cuda]") {
   REQUIRE_GPU_OR_SKIP("adamw");
   for (DType dt : {DType::f32, DType::f64}) {
