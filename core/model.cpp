@@ -221,7 +221,7 @@ Transformer::Transformer(const ModelSpec& spec, Rng& rng, DType dtype, Device de
     }
     value.set_requires_grad(true);
     index_[info.name] = params_.size();
-    params_.push_back({info, value, Tensor()});
+    params_.push_back({info, value, std::make_shared<ComputeCopy>()});
   }
 }
 
@@ -236,11 +236,15 @@ Tensor Transformer::maybe_param(const std::string& name) const {
   if (it == index_.end()) return Tensor();
   const Parameter& p = params_[it->second];
   if (!execution_.compute_dtype || p.value.dtype() == *execution_.compute_dtype) return p.value;
-  if (!p.compute_copy.defined()) {
+  // Compute copies for bf16 over f32 masters (what the optimizer kernels write); other pairs cast.
+  if (*execution_.compute_dtype != DType::bf16 || p.value.dtype() != DType::f32 || !p.compute_copy)
+    return ops::cast(p.value, *execution_.compute_dtype);
+  Tensor& copy = p.compute_copy->tensor;
+  if (!copy.defined()) {
     NoGradGuard no_grad;
-    p.compute_copy = p.value.to(*execution_.compute_dtype);
+    copy = p.value.to(DType::bf16);
   }
-  return ops::cast_cached(p.value, p.compute_copy);
+  return ops::cast_cached(p.value, copy);
 }
 
 int64_t Transformer::num_parameters() const {
@@ -499,6 +503,7 @@ void Transformer::set_execution(const ExecutionOptions& options) {
   if (options.compute_dtype && !is_floating(*options.compute_dtype))
     throw std::invalid_argument(std::string("compute dtype must be floating, got ") + dtype_name(*options.compute_dtype));
   execution_ = options;
+  drop_compute_copies();  // made for the previous compute dtype
 }
 
 Tensor Transformer::use(const std::string& name) const {

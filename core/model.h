@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -48,13 +49,19 @@ struct ParamInfo {
 std::vector<ParamInfo> parameter_table(const ModelSpec& spec);
 int64_t count_parameters(const ModelSpec& spec);
 
+// Mixed precision: a parameter's value cast to the compute dtype (bf16 of an f32 master), made at
+// its first use in a forward and rewritten by the optimizer in its update pass (no cast per
+// forward). Shared by every copy of the Parameter, so an optimizer built on a copied vector still
+// refreshes the copy the model reads. Dropped (undefined) whenever the parameters are handed out
+// for writing (Transformer::parameters()) or the execution options change.
+struct ComputeCopy {
+  Tensor tensor;
+};
+
 struct Parameter {
   ParamInfo info;
   Tensor value;  // requires_grad; its .grad holds the accumulated gradient
-  // Mixed precision: the value cast to the compute dtype, made at its first use in a forward and
-  // rewritten by the optimizer in its update pass (no cast per forward). Dropped whenever the
-  // parameters are handed out for writing (Transformer::parameters()).
-  mutable Tensor compute_copy;
+  std::shared_ptr<ComputeCopy> compute_copy;  // null for parameters built outside a model
 };
 
 // How the model executes (not what it computes): set from the spec's training section.
@@ -86,6 +93,10 @@ class Transformer {
   // (the mean over channels with per-channel coefficients). See docs/options.md.
   nlohmann::json diagnostics(const Tensor& tokens) const;
 
+  void drop_compute_copies() const {
+    for (const Parameter& p : params_)
+      if (p.compute_copy) p.compute_copy->tensor = Tensor();
+  }
   void set_execution(const ExecutionOptions& options);
   const ExecutionOptions& execution() const { return execution_; }
 
@@ -93,7 +104,7 @@ class Transformer {
   // Writable parameters: drops the compute copies (remade from the values at the next forward).
   // The optimizer keeps the reference and updates values and copies together.
   std::vector<Parameter>& parameters() {
-    for (Parameter& p : params_) p.compute_copy = Tensor();
+    drop_compute_copies();
     return params_;
   }
   const std::vector<Parameter>& parameters() const { return params_; }

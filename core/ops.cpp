@@ -329,28 +329,39 @@ Tensor concat(const std::vector<Tensor>& xs) {
 namespace {
 // Weight-gradient fusion for compute copies (cast_cached): the master's f32 gradient as the target
 // of dW GEMMs (bf16 dy and x, f32 out, fp32 accumulation): no bf16 dW, no cast to f32, no add when
-// gradients accumulate over micro-batches. Returns null when the weight is not a compute copy of
-// a leaf master or the backend cannot write f32 from bf16 (then dW goes back the usual way).
-// `*fresh` tells whether the target was just allocated (write with beta = 0) or holds an earlier
-// gradient (accumulate with beta = 1); an earlier gradient that shares its storage is copied first.
-Tensor* master_grad_target(const std::shared_ptr<Node>& weight_fn, const Tensor& weight_values, bool* fresh) {
+// gradients accumulate over micro-batches. `target` is null when the weight is not a compute copy
+// of a leaf master or the backend cannot write f32 from bf16 (then dW goes back the usual way).
+// `fresh`: the target is new (write with beta = 0), else it holds the earlier gradient (beta = 1);
+// an earlier gradient that shares its handle or storage with anything is copied first, and the
+// target replaces the master's gradient only by commit(), after the GEMMs succeeded.
+struct MasterGradTarget {
+  Tensor* slot = nullptr;  // the master's .grad
+  Tensor target;
+  bool fresh = false;
+  explicit operator bool() const { return slot != nullptr; }
+  void commit() const { *slot = target; }
+};
+
+MasterGradTarget master_grad_target(const std::shared_ptr<Node>& weight_fn, const Tensor& weight_values) {
+  MasterGradTarget t;
   Tensor* slot = master_grad_slot(weight_fn);
-  if (!slot || weight_values.dtype() != DType::bf16 || weight_values.device().type != DeviceType::cuda) return nullptr;
+  if (!slot || weight_values.dtype() != DType::bf16 || weight_values.device().type != DeviceType::cuda) return t;
   const Shape& shape = weight_fn->inputs[0].leaf->shape;
-  const DType master_dtype = weight_fn->inputs[0].leaf->dtype;
-  if (master_dtype != DType::f32) return nullptr;
-  *fresh = !slot->defined();
-  if (*fresh) {
-    *slot = Tensor::empty(shape, DType::f32, weight_values.device());
+  if (weight_fn->inputs[0].leaf->dtype != DType::f32) return t;
+  t.slot = slot;
+  t.fresh = !slot->defined();
+  if (t.fresh) {
+    t.target = Tensor::empty(shape, DType::f32, weight_values.device());
   } else if (slot->shape() != shape || slot->dtype() != DType::f32) {
     throw std::logic_error("linear: the master gradient " + slot->describe() + " does not match the master " +
                            shape_str(shape));
-  } else if (!slot->is_contiguous() || slot->impl()->storage.use_count() != 1) {
-    Tensor own = Tensor::empty(shape, DType::f32, weight_values.device());
-    be(own).copy(*slot, own);
-    *slot = own;
+  } else if (!slot->is_contiguous() || slot->impl_ptr().use_count() != 1 || slot->impl()->storage.use_count() != 1) {
+    t.target = Tensor::empty(shape, DType::f32, weight_values.device());
+    be(t.target).copy(*slot, t.target);
+  } else {
+    t.target = *slot;  // exclusively the master's: accumulate in place
   }
-  return slot;
+  return t;
 }
 }  // namespace
 
@@ -402,9 +413,9 @@ Tensor linear_impl(const char* op, const Tensor& x, const Tensor& weight, const 
       dx = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
       be(dy).gemm(false, false, rows, in, out_features, 1.0, dy, wd, 0.0, dx);
     }
-    bool fresh = false;
-    if (Tensor* master_grad = need_w ? master_grad_target(weight_fn, wd, &fresh) : nullptr) {
-      be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, fresh ? 0.0 : 1.0, *master_grad);
+    if (const MasterGradTarget master = need_w ? master_grad_target(weight_fn, wd) : MasterGradTarget()) {
+      be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, master.fresh ? 0.0 : 1.0, master.target);
+      master.commit();
     } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, 0.0, dw);
@@ -487,17 +498,17 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
       }
       if (!dx.defined()) dx = zeros_like(xd);
     }
-    bool fresh = false;
-    if (Tensor* master_grad = need_w ? master_grad_target(weight_fn, wd, &fresh) : nullptr) {
+    if (const MasterGradTarget master = need_w ? master_grad_target(weight_fn, wd) : MasterGradTarget()) {
       // Each part's rows of the f32 master gradient: written (fresh) or accumulated into.
       for (size_t i = 0; i < sizes.size(); ++i) {
         if (sizes[i] == 0) continue;
-        const Tensor slot = master_grad->narrow_view(0, starts[i], sizes[i]);
+        const Tensor slot = master.target.narrow_view(0, starts[i], sizes[i]);
         if (g[i].defined())
-          be(slot).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, fresh ? 0.0 : 1.0, slot);
-        else if (fresh)
+          be(slot).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, master.fresh ? 0.0 : 1.0, slot);
+        else if (master.fresh)
           be(slot).fill(slot, 0.0);
       }
+      master.commit();
     } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       for (size_t i = 0; i < sizes.size(); ++i) {
@@ -617,14 +628,13 @@ std::vector<Tensor> rms_norm_fork(const Tensor& x, const Tensor& weight, double 
   const Tensor xd = xc.detach(), wd = w.detach(), rd = rstd.detach();
   record_op("rms_norm_fork", {x, weight}, {through, y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     // dx = the gradient of the pass-through + the norm's backward, in one kernel.
+    if (!g[1].defined()) return {g[0], Tensor()};  // only the pass-through was used: no weight gradient
     Tensor dx = like(xd);
     Tensor dw = wd.defined() ? zeros_like(wd) : Tensor();
-    if (g[1].defined() && g[0].defined())
+    if (g[0].defined())
       be(xd).rms_norm_backward_add(xd, wd, rd, g[1].contiguous(), g[0].contiguous(), dx, dw);
-    else if (g[1].defined())
-      be(xd).rms_norm_backward(xd, wd, rd, g[1].contiguous(), dx, dw);
     else
-      be(xd).copy(g[0], dx);  // only the pass-through was used
+      be(xd).rms_norm_backward(xd, wd, rd, g[1].contiguous(), dx, dw);
     return {dx, dw};
   });
   return {through, y};
@@ -799,16 +809,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t num_va
     });
     return loss;
   }
+  // No gradient wanted (evaluation): the forward kernel alone.
   be(lc).cross_entropy_forward(lc, tc, losses, lse);
   Tensor total = reduce_to(losses.view({rows}), {1});
   Tensor loss = Tensor::empty({}, acc, logits.device());
   be(total).affine(total, inv, 0.0, loss.view({1}));
-  const Tensor ld = lc.detach(), td = tc.detach(), lsed = lse.detach();
-  record_op("cross_entropy", {logits, targets}, {loss}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
-    Tensor dlogits = like(ld);
-    be(ld).cross_entropy_backward(ld, td, lsed, g[0].to(acc), inv, dlogits);
-    return {dlogits, Tensor()};
-  });
   return loss;
 }
 

@@ -79,7 +79,7 @@ OptimizerStepStats AdamW::step(double lr, double grad_scale) {
       throw std::runtime_error("AdamW: parameters on several devices (" + group.front().param.device().str() +
                                ", " + p.value.device().str() + " for " + p.info.name + ")");
     const double wd = applies_weight_decay(p.info, spec_) ? spec_.weight_decay : 0.0;
-    group.push_back({p.value, p.value.grad(), m_[i], v_[i], wd, p.compute_copy});
+    group.push_back({p.value, p.value.grad(), m_[i], v_[i], wd, p.compute_copy ? p.compute_copy->tensor : Tensor()});
   }
   if (!group.empty())
     backend_for(group.front().param.device())

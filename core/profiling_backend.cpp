@@ -11,7 +11,14 @@ constexpr size_t kMaxPendingCalls = 16384;
 template <class Fn>
 auto ProfilingBackend::timed(const std::string& key, Fn&& fn) -> decltype(fn()) {
   if (device_timestamps_) {
-    if (pending_.size() >= kMaxPendingCalls) flush();
+    // Not inside another timed call (a backend op that calls back through the profiler): a flush
+    // resets the timestamps, which would orphan the outer call's start marker.
+    if (depth_ == 0 && pending_.size() >= kMaxPendingCalls) flush();
+    struct Depth {
+      int& depth;
+      explicit Depth(int& d) : depth(d) { ++depth; }
+      ~Depth() { --depth; }
+    } depth{depth_};
     struct Mark {  // records the closing timestamp even when fn throws
       ProfilingBackend* self;
       const std::string& key;
@@ -52,14 +59,20 @@ auto ProfilingBackend::timed(const std::string& key, Fn&& fn) -> decltype(fn()) 
 
 void ProfilingBackend::flush() const {
   if (pending_.empty()) return;
+  std::vector<Pending> pending;
+  pending.swap(pending_);  // read once even if reading throws half-way
   inner_.synchronize();
-  for (const Pending& p : pending_) {
-    Total& t = totals_[p.key];
+  std::map<std::string, Total> read;
+  for (const Pending& p : pending) {
+    Total& t = read[p.key];
     ++t.calls;
     t.seconds += inner_.seconds_between(p.start, p.end);
   }
-  pending_.clear();
   inner_.reset_timestamps();
+  for (const auto& [key, t] : read) {
+    totals_[key].calls += t.calls;
+    totals_[key].seconds += t.seconds;
+  }
 }
 
 void ProfilingBackend::reset() {

@@ -119,6 +119,7 @@ class ProfilingBackend final : public Backend {
     int64_t start, end;  // timestamps around the call
   };
   mutable std::vector<Pending> pending_;
+  int depth_ = 0;  // timed calls in progress (nested ones happen)
 };
 
 }  // namespace pt

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -291,7 +292,7 @@ class Trainer {
                {"optimizer_step", optimizer_.step_count()},
                {"spec", to_json(spec_)},
                {"train_data", train_data_->state()}};
-    auto& params = model_.parameters();
+    const auto& params = std::as_const(model_).parameters();  // read only: keeps the compute copies
     for (size_t i = 0; i < params.size(); ++i) {
       ck.tensors.push_back(record_of("model/" + params[i].info.name, params[i].value));
       ck.tensors.push_back(record_of("optim/m/" + params[i].info.name, optimizer_.first_moments()[i]));

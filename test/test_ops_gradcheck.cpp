@@ -125,6 +125,13 @@ TEST_CASE("gradcheck: rms_norm_fork (pass-through and norm, gradients summed in 
                        {x.clone(), w.clone()}));
   CHECK_GRAD(gradcheck([](auto& in) { return ops::mul(ops::rms_norm_fork(in[0], Tensor(), 1e-5)[1], in[0]); },
                        {x.clone()}));
+  // Only the pass-through used: the weight gets no gradient (not a zero one AdamW would decay).
+  {
+    Tensor xi = x.clone().set_requires_grad(true), wi = w.clone().set_requires_grad(true);
+    ops::sum(ops::rms_norm_fork(xi, wi, 1e-5)[0]).backward();
+    CHECK(xi.grad().defined());
+    CHECK_FALSE(wi.grad().defined());
+  }
   // Forward: x itself and exactly rms_norm().
   const auto out = ops::rms_norm_fork(x, w, 1e-5);
   CHECK(out[0].to_vector<double>() == x.to_vector<double>());
