@@ -278,6 +278,29 @@ TEST_CASE("cuda: sum_squares", "[gpu][cuda]") {
   }
 }
 
+TEST_CASE("cuda: sum_squares over many tensors: launches, dtypes, empty and misaligned ones", "[gpu][cuda]") {
+  REQUIRE_GPU_OR_SKIP("sum_squares multi-tensor");
+  // 230 tensors (more than one launch's 96), f32 runs broken by bf16 and f64 ones, empty tensors,
+  // sizes around the 16K chunk and the 128-bit pack, and a view at an odd offset (scalar loads).
+  std::vector<Tensor> cpu, gpu;
+  for (int i = 0; i < 230; ++i) {
+    const int64_t n = i % 17 == 0 ? 0 : (i % 5 == 0 ? 16384 + i : 1 + 37 * i);
+    const DType dt = i % 50 == 7 ? DType::bf16 : (i % 50 == 8 ? DType::f64 : DType::f32);
+    const Tensor x = randn({n}, 500 + uint64_t(i)).to(dt);
+    cpu.push_back(x.to(dt == DType::bf16 ? DType::f32 : dt));
+    gpu.push_back(x.to(kGpu));
+  }
+  const Tensor base = randn({1001}, 499);
+  cpu.push_back(base.narrow_view(0, 1, 1000).contiguous());
+  gpu.push_back(base.to(kGpu).narrow_view(0, 1, 1000));
+  const double ref = backend_for(kCpu).sum_squares(cpu);
+  const double got = backend_for(kGpu).sum_squares(gpu);
+  INFO("cpu " << ref << " gpu " << got);
+  CHECK(std::abs(got - ref) <= 1e-9 * ref);
+  CHECK(backend_for(kGpu).sum_squares({Tensor::empty({0}, DType::f32, kGpu)}) == 0.0);
+}
+
+// ---------------------------------------------------------------- GEMM
 // ---------------------------------------------------------------- GEMM
 
 TEST_CASE("cuda: gemm, all transposes, batched, alpha and beta", "[gpu][cuda]") {
