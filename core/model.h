@@ -93,6 +93,8 @@ class Transformer {
   // (the mean over channels with per-channel coefficients). See docs/options.md.
   nlohmann::json diagnostics(const Tensor& tokens) const;
 
+  // Forgets every compute copy (remade from the values at the next forward); the copies live in
+  // shared slots, so this is const like the forward that makes them.
   void drop_compute_copies() const {
     for (const Parameter& p : params_)
       if (p.compute_copy) p.compute_copy->tensor = Tensor();
