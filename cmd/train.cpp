@@ -9,14 +9,14 @@
 #include <iostream>
 
 #include "cmd/commands.h"
-#include "core/allocator.h"
-#include "core/autograd.h"
-#include "core/backend.h"
-#include "core/model.h"
-#include "core/optim.h"
-#include "core/profiling_backend.h"
-#include "core/spec.h"
-#include "core/trainer.h"
+#include "core/engine/allocator.h"
+#include "core/engine/autograd.h"
+#include "core/engine/backend.h"
+#include "core/model/model.h"
+#include "core/train/optim.h"
+#include "core/engine/profiling_backend.h"
+#include "core/spec/spec.h"
+#include "core/train/trainer.h"
 
 namespace pt::cmd {
 namespace fs = std::filesystem;
@@ -191,7 +191,7 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   if (peak_tflops > 0) out["mfu"] = tflops / peak_tflops;
   if (profile_steps > 0) {
     // Per-kernel attribution: device timestamps around every backend call on CUDA (device time,
-    // no added synchronisation), synchronised host clocks on the CPU (see core/profiling_backend.h).
+    // no added synchronisation), synchronised host clocks on the CPU (see core/engine/profiling_backend.h).
     ProfilingBackend profiler(backend_for(device));
     override_backend(device.type, &profiler);
     try {

@@ -11,8 +11,8 @@
 //                     per_channel: dcoef [K, F] is a column reduction over the N rows of the
 //                                  virtual [N, K*F] matrix of products (column k*F + f reads
 //                                  h[n, f]): the two-stage column_reduce of common.cuh.
-// Math in fp32 for f32/bf16 (fp64 for f64) with the formulas of core/activation_math.h.
-#include "core/activation_math.h"
+// Math in fp32 for f32/bf16 (fp64 for f64) with the formulas of core/engine/activation_math.h.
+#include "core/engine/activation_math.h"
 #include "cuda/common.cuh"
 
 namespace pt::cuda {

@@ -6,7 +6,7 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "core/allocator.h"
+#include "core/engine/allocator.h"
 
 namespace pt::cuda {
 

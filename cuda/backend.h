@@ -16,7 +16,7 @@
 #include <tuple>
 #include <unordered_map>
 
-#include "core/backend.h"
+#include "core/engine/backend.h"
 
 namespace pt::cuda {
 

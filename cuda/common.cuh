@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/tensor.h"
+#include "core/engine/tensor.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
 

@@ -2,7 +2,7 @@
 // backend graph API, no cudnn-frontend): forward and backward for bf16 q/k/v with fp32 softmax
 // statistics, grouped-query heads included. Internal to cuda/; attention.cu decides when to use it.
 //
-// Layouts are the Backend's (core/backend.h): q/out/dout/dq [B, T, Hq, D], k/v/dk/dv [B, T, Hkv, D]
+// Layouts are the Backend's (core/engine/backend.h): q/out/dout/dq [B, T, Hq, D], k/v/dk/dv [B, T, Hkv, D]
 // (all contiguous), lse [B, Hq, T] f32 = the natural log-sum-exp of each row of scale * q k^T
 // (exactly what the own kernels store, so either implementation's backward can consume it).
 //
@@ -22,7 +22,7 @@
 #include <memory>
 #include <string>
 
-#include "core/tensor.h"
+#include "core/engine/tensor.h"
 
 namespace pt::cuda {
 

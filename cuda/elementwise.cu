@@ -6,8 +6,8 @@
 // offsets. Dense operands (unary and binary whose operands merge to one dense dim, axpby, affine,
 // glu, the backwards) go through one vectorised map kernel: 128-bit loads/stores when every
 // pointer is 16-byte aligned. Math is in fp32 for f32/bf16 (fp64 for f64) with the scalar
-// formulas of core/activation_math.h, as on the CPU.
-#include "core/activation_math.h"
+// formulas of core/engine/activation_math.h, as on the CPU.
+#include "core/engine/activation_math.h"
 #include "cuda/common.cuh"
 
 namespace pt::cuda {

@@ -8,8 +8,8 @@
 #include <exception>
 #include <mutex>
 
-#include "core/allocator.h"
-#include "core/backend.h"
+#include "core/engine/allocator.h"
+#include "core/engine/backend.h"
 #include "cuda/allocator.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"

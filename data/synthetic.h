@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include "core/rng.h"
+#include "core/engine/rng.h"
 #include "data/batch_source.h"
 
 namespace pt::data {

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "core/backend.h"
-#include "core/rng.h"
-#include "core/tensor.h"
+#include "core/engine/backend.h"
+#include "core/engine/rng.h"
+#include "core/engine/tensor.h"
 #include "test/catch.h"
 #ifdef PRETRAIN_WITH_CUDA
 #include "cuda/register.h"

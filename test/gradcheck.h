@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "core/autograd.h"
-#include "core/ops.h"
-#include "core/rng.h"
-#include "core/tensor.h"
+#include "core/engine/autograd.h"
+#include "core/engine/ops.h"
+#include "core/engine/rng.h"
+#include "core/engine/tensor.h"
 
 namespace pt::test {
 

@@ -1,6 +1,6 @@
 // Checkpoint container: round trips, the documented byte layout, atomic writes, corruption
 // detection, listing/pruning and recovery from a corrupt newest checkpoint.
-#include "core/checkpoint.h"
+#include "core/io/checkpoint.h"
 
 #include <unistd.h>
 #include <xxhash.h>

@@ -22,9 +22,9 @@
 #include <unistd.h>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/rng.h"
-#include "core/tensor.h"
+#include "core/engine/backend.h"
+#include "core/engine/rng.h"
+#include "core/engine/tensor.h"
 #include "test/catch.h"
 #include "test/gpu_test.h"
 #ifdef PRETRAIN_WITH_CUDA

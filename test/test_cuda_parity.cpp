@@ -13,16 +13,16 @@
 #include <utility>
 #include <vector>
 
-#include "core/allocator.h"
-#include "core/autograd.h"
-#include "core/backend.h"
-#include "core/memory_ops.h"
-#include "core/model.h"
-#include "core/ops.h"
-#include "core/optim.h"
-#include "core/rng.h"
-#include "core/spec.h"
-#include "core/trainer.h"
+#include "core/engine/allocator.h"
+#include "core/engine/autograd.h"
+#include "core/engine/backend.h"
+#include "core/engine/memory_ops.h"
+#include "core/model/model.h"
+#include "core/engine/ops.h"
+#include "core/train/optim.h"
+#include "core/engine/rng.h"
+#include "core/spec/spec.h"
+#include "core/train/trainer.h"
 #include "test/catch.h"
 #include "test/gpu_test.h"
 #ifdef PRETRAIN_WITH_CUDA

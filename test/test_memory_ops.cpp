@@ -1,7 +1,7 @@
 // Activation recomputation and dtype casts.
-#include "core/autograd.h"
-#include "core/memory_ops.h"
-#include "core/ops.h"
+#include "core/engine/autograd.h"
+#include "core/engine/memory_ops.h"
+#include "core/engine/ops.h"
 #include "test/catch.h"
 #include "test/gradcheck.h"
 

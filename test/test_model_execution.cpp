@@ -2,8 +2,8 @@
 // every ablation spec checking that each parameter takes part in the loss.
 #include <filesystem>
 
-#include "core/model.h"
-#include "core/spec.h"
+#include "core/model/model.h"
+#include "core/spec/spec.h"
 #include "data/synthetic.h"
 #include "test/catch.h"
 

@@ -3,11 +3,11 @@
 // diagnostics.
 #include <cmath>
 
-#include "core/model.h"
-#include "core/ops.h"
-#include "core/optim.h"
-#include "core/options_ops.h"
-#include "core/spec.h"
+#include "core/model/model.h"
+#include "core/engine/ops.h"
+#include "core/train/optim.h"
+#include "core/model/research_ops.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 #include "test/gradcheck.h"
 
@@ -67,9 +67,9 @@ void check_model_gradients(const ModelSpec& spec) {
 TEST_CASE("gradcheck: magnitude-direction scale", "[options][gradcheck]") {
   auto m = random_f64({1}, 1);
   auto v = random_f64({6}, 2);
-  CHECK_GRAD(gradcheck([](auto& in) { return opt::magnitude_direction(in[0], in[1]); }, {m, v}));
+  CHECK_GRAD(gradcheck([](auto& in) { return research::magnitude_direction(in[0], in[1]); }, {m, v}));
   // g = 1 at the initialisation m = 1, v = 1
-  const Tensor g = opt::magnitude_direction(Tensor::full({1}, 1.0, DType::f64), Tensor::full({5}, 1.0, DType::f64));
+  const Tensor g = research::magnitude_direction(Tensor::full({1}, 1.0, DType::f64), Tensor::full({5}, 1.0, DType::f64));
   for (double x : g.to_vector<double>()) CHECK(x == Approx(1.0));
 }
 
@@ -81,18 +81,18 @@ TEST_CASE("gradcheck: branch and output scales folded into a fused projection", 
   const std::vector<int64_t> rows{3, 2, 2};
   CHECK_GRAD(gradcheck(
       [&](auto& in) {
-        return ops::linear(in[0], opt::scaled_weight(in[1], rows, {in[2], Tensor(), in[3]}, {in[4], in[5], Tensor()}));
+        return ops::linear(in[0], research::scaled_weight(in[1], rows, {in[2], Tensor(), in[3]}, {in[4], in[5], Tensor()}));
       },
       {x, w, g0, g2, b0, b1}));
   // Single branch: W diag(g), and diag(b) W alone.
-  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear(in[0], opt::scaled_weight(in[1], {7}, {in[2]}, {Tensor()})); },
+  CHECK_GRAD(gradcheck([](auto& in) { return ops::linear(in[0], research::scaled_weight(in[1], {7}, {in[2]}, {Tensor()})); },
                        {x.clone(), w.clone(), g0.clone()}));
   CHECK_GRAD(gradcheck(
-      [](auto& in) { return ops::linear(in[0], opt::scaled_weight(in[1], {7}, {Tensor()}, {in[2]})); },
+      [](auto& in) { return ops::linear(in[0], research::scaled_weight(in[1], {7}, {Tensor()}, {in[2]})); },
       {x.clone(), w.clone(), random_f64({7}, 9)}));
 
   SECTION("the folded weight equals diag(b) W diag(g) per branch") {
-    const Tensor y = ops::linear(x, opt::scaled_weight(w, rows, {g0, Tensor(), g2}, {b0, b1, Tensor()}));
+    const Tensor y = ops::linear(x, research::scaled_weight(w, rows, {g0, Tensor(), g2}, {b0, b1, Tensor()}));
     const auto xv = x.to_vector<double>(), wv = w.to_vector<double>(), yv = y.to_vector<double>();
     const auto g0v = g0.to_vector<double>(), g2v = g2.to_vector<double>();
     const auto b0v = b0.to_vector<double>(), b1v = b1.to_vector<double>();
@@ -112,12 +112,12 @@ TEST_CASE("gradcheck: branch and output scales folded into a fused projection", 
 TEST_CASE("gradcheck: learnable activation (per layer and per channel)", "[options][gradcheck]") {
   const std::vector<UnaryOp> dict{UnaryOp::relu, UnaryOp::gelu_erf, UnaryOp::silu, UnaryOp::relu2, UnaryOp::identity};
   auto h = away_from_zero(random_f64({2, 3, 4}, 10));
-  CHECK_GRAD(gradcheck([&](auto& in) { return opt::learnable_activation(in[0], dict, in[1]); }, {h, random_f64({5}, 11)}));
-  CHECK_GRAD(gradcheck([&](auto& in) { return opt::learnable_activation(in[0], dict, in[1]); },
+  CHECK_GRAD(gradcheck([&](auto& in) { return research::learnable_activation(in[0], dict, in[1]); }, {h, random_f64({5}, 11)}));
+  CHECK_GRAD(gradcheck([&](auto& in) { return research::learnable_activation(in[0], dict, in[1]); },
                        {h.clone(), random_f64({5, 4}, 12)}));
   SECTION("a one-hot coefficient vector is the base activation") {
     const Tensor coef = Tensor::from_vector<double>({0, 0, 1, 0, 0}, {5});
-    const auto got = opt::learnable_activation(h, dict, coef).to_vector<double>();
+    const auto got = research::learnable_activation(h, dict, coef).to_vector<double>();
     const auto want = ops::silu(h).to_vector<double>();
     for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]));
   }
@@ -133,7 +133,7 @@ TEST_CASE("gradcheck: mixture of activations with softmax and sigmoid gates", "[
     INFO("sigmoid gate " << sigmoid_gate);
     CHECK_GRAD(gradcheck(
         [&](auto& in) {
-          return opt::mixture_of_activations(in[1], dict, opt::moa_gate(ops::linear(in[0], in[2], in[3]), sigmoid_gate));
+          return research::mixture_of_activations(in[1], dict, research::moa_gate(ops::linear(in[0], in[2], in[3]), sigmoid_gate));
         },
         {x.clone(), h.clone(), wg.clone(), bg.clone()}));
   }
@@ -141,8 +141,8 @@ TEST_CASE("gradcheck: mixture of activations with softmax and sigmoid gates", "[
 
 TEST_CASE("gradcheck: head-specific attention gates", "[options][gradcheck]") {
   auto y = random_f64({2, 3, 2, 4}, 17);
-  CHECK_GRAD(gradcheck([](auto& in) { return opt::apply_head_gate(in[0], in[1]); }, {y, random_f64({2, 3, 2}, 18)}));
-  CHECK_GRAD(gradcheck([](auto& in) { return opt::apply_head_gate(in[0], in[1]); }, {y.clone(), random_f64({2, 3, 8}, 19)}));
+  CHECK_GRAD(gradcheck([](auto& in) { return research::apply_head_gate(in[0], in[1]); }, {y, random_f64({2, 3, 2}, 18)}));
+  CHECK_GRAD(gradcheck([](auto& in) { return research::apply_head_gate(in[0], in[1]); }, {y.clone(), random_f64({2, 3, 8}, 19)}));
 }
 
 TEST_CASE("gradcheck: whole tiny models with each parameterisation", "[options][gradcheck]") {
@@ -252,7 +252,7 @@ TEST_CASE("attention-sink share matches a direct computation", "[options]") {
         for (double e : s) z += e;
         total += s[0] / z;
       }
-  CHECK(opt::attention_sink_share(q, k, 2) == Approx(total / double(B * Hq * (T - 1))));
+  CHECK(research::attention_sink_share(q, k, 2) == Approx(total / double(B * Hq * (T - 1))));
 }
 
 TEST_CASE("diagnostics report per-layer attention and gate statistics", "[options][model]") {

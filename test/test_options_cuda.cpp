@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/model.h"
-#include "core/spec.h"
+#include "core/engine/backend.h"
+#include "core/model/model.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 #include "test/gpu_test.h"
 

@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "core/model.h"
-#include "core/spec.h"
+#include "core/model/model.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 
 using namespace pt;

@@ -5,8 +5,8 @@
 #include <fstream>
 #include <unistd.h>
 
-#include "core/spec.h"
-#include "core/trainer.h"
+#include "core/spec/spec.h"
+#include "core/train/trainer.h"
 #include "test/catch.h"
 
 using namespace pt;

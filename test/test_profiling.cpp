@@ -2,13 +2,13 @@
 // changes no result.
 #include <cmath>
 
-#include "core/autograd.h"
-#include "core/backend.h"
-#include "core/model.h"
-#include "core/optim.h"
-#include "core/profiling_backend.h"
-#include "core/rng.h"
-#include "core/spec.h"
+#include "core/engine/autograd.h"
+#include "core/engine/backend.h"
+#include "core/model/model.h"
+#include "core/train/optim.h"
+#include "core/engine/profiling_backend.h"
+#include "core/engine/rng.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 
 using namespace pt;

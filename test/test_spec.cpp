@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "core/spec.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 
 namespace {

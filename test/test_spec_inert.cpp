@@ -1,5 +1,5 @@
 // Settings that are valid but have no effect in the chosen configuration are reported.
-#include "core/spec.h"
+#include "core/spec/spec.h"
 #include "test/catch.h"
 
 using namespace pt;

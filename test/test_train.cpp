@@ -5,11 +5,11 @@
 #include <fstream>
 #include <limits>
 
-#include "core/checkpoint.h"
-#include "core/model.h"
-#include "core/optim.h"
-#include "core/spec.h"
-#include "core/trainer.h"
+#include "core/io/checkpoint.h"
+#include "core/model/model.h"
+#include "core/train/optim.h"
+#include "core/spec/spec.h"
+#include "core/train/trainer.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
 #include "test/catch.h"

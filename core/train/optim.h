@@ -1,0 +1,56 @@
+// AdamW with per-kind weight-decay rules, global-norm gradient clipping, and LR schedules.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/model/model.h"
+#include "core/spec/spec.h"
+
+namespace pt {
+
+// Learning rate at optimizer step `step` (0-based) of `total_steps`.
+//   warm-up:  lr * (step + 1) / warmup_steps           for step < warmup_steps
+//   constant: lr
+//   cosine:   min + (lr - min) * (1 + cos(pi * p)) / 2  p = progress after warm-up in [0, 1]
+//   linear:   lr - (lr - min) * p
+//   wsd:      lr until the last decay_fraction of steps, then linear to min
+// with min = min_lr_ratio * lr.
+double learning_rate(const OptimSpec& optim, const ScheduleSpec& schedule, int64_t step, int64_t total_steps);
+
+bool applies_weight_decay(ParamKind kind, const WeightDecayRules& rules);
+
+// The full rule AdamW applies (docs/options.md): matrices always decay; embeddings and biases per
+// optim.decay; a scale (norm_scale: a vector or the magnitude m) decays when optim.decay.norm_scales
+// or optim.weight_decay_scales.<its role> is true; a direction v when weight_decay_scales.direction;
+// coefficients (LA, MoA blend) never.
+bool applies_weight_decay(const ParamInfo& param, const OptimSpec& optim);
+
+struct OptimizerStepStats {
+  double grad_norm = 0.0;    // global L2 norm of the (averaged) gradients, before clipping
+  double clip_factor = 1.0;  // multiplier applied to the gradients (1 when not clipped)
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<Parameter>& params, const OptimSpec& spec);
+
+  // One update with learning rate `lr`. Gradients are multiplied by `grad_scale` first
+  // (e.g. 1 / grad_accum), then clipped to spec.grad_clip by global norm. Parameters without
+  // a gradient are left unchanged (their moments too).
+  OptimizerStepStats step(double lr, double grad_scale = 1.0);
+
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step) { step_ = step; }
+  // First and second moments, index-aligned with the parameters (for checkpoints).
+  std::vector<Tensor>& first_moments() { return m_; }
+  std::vector<Tensor>& second_moments() { return v_; }
+
+ private:
+  std::vector<Parameter>& params_;
+  OptimSpec spec_;
+  std::vector<Tensor> m_, v_;
+  int64_t step_ = 0;
+};
+
+}  // namespace pt
