@@ -130,7 +130,7 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   Rng rng(spec.training.seed);
   Transformer model(spec.model, rng, DType::f32, device);
   model.set_execution(execution_options(spec.training));
-  AdamW optimizer(model.parameters(), spec.optim);
+  AdamW optimizer(model.params(), spec.optim);
   auto source = make_batch_source(spec, "train");
   const int64_t tokens_per_step = spec.training.tokens_per_step(spec.model.seq_len);
   auto next_batches = [&] {

@@ -750,7 +750,7 @@ TEST_CASE("cuda: bf16 compute copies equal the updated f32 masters after every o
   ExecutionOptions exec;
   exec.compute_dtype = DType::bf16;
   model.set_execution(exec);
-  AdamW optimizer(model.parameters(), spec.optim);
+  AdamW optimizer(model.params(), spec.optim);
   const int64_t B = 2, T = spec.model.seq_len;
   std::vector<int32_t> tokens(size_t(B * T));
   for (auto& t : tokens) t = static_cast<int32_t>(data_rng.below(uint64_t(spec.model.vocab_size)));
@@ -759,19 +759,20 @@ TEST_CASE("cuda: bf16 compute copies equal the updated f32 masters after every o
     model.zero_grad();  // keeps the compute copies: from step 2 on, the forward reads the optimizer's
     model.loss(ids, ids).backward();
     int copies = 0;
-    for (const Parameter& p : std::as_const(model).parameters()) {
-      if (!p.compute_copy->tensor.defined()) continue;
+    const ParamStore& params = model.params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params.compute_copy(i).defined()) continue;
       ++copies;
-      INFO(p.info.name);
-      REQUIRE(p.value.grad().defined());
-      CHECK(p.value.grad().dtype() == DType::f32);
+      INFO(params.info(i).name);
+      REQUIRE(params.grad(i).defined());
+      CHECK(params.grad(i).dtype() == DType::f32);
     }
     CHECK(copies > 0);
     optimizer.step(1e-3);
-    for (const Parameter& p : std::as_const(model).parameters()) {
-      if (!p.compute_copy->tensor.defined()) continue;
-      INFO(p.info.name << " after step " << step + 1);
-      CHECK(rel_err(p.compute_copy->tensor, p.value.to(DType::bf16)) == 0.0);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params.compute_copy(i).defined()) continue;
+      INFO(params.info(i).name << " after step " << step + 1);
+      CHECK(rel_err(params.compute_copy(i), params.value(i).to(DType::bf16)) == 0.0);
     }
   }
 }
@@ -791,7 +792,8 @@ TEST_CASE("cuda: one training step of the default model matches the CPU (loss an
     Transformer cpu_model(spec.model, rng_c, DType::f32, kCpu);
     Transformer gpu_model(spec.model, rng_g, dt, kGpu);
     if (dt == DType::bf16)  // the CPU reference runs on the same bf16-rounded weights, in f32
-      for (Parameter& p : cpu_model.parameters()) p.value.copy_from(p.value.to(DType::bf16));
+      for (size_t i = 0; i < cpu_model.params().size(); ++i)
+        cpu_model.params().load_value(i, cpu_model.params().value(i).to(DType::bf16));
     Tensor loss_c = cpu_model.loss(Tensor::from_vector(tokens, {B, T}), Tensor::from_vector(targets, {B, T}));
     Tensor loss_g = gpu_model.loss(Tensor::from_vector(tokens, {B, T}, kGpu), Tensor::from_vector(targets, {B, T}, kGpu));
     loss_c.backward();
@@ -799,12 +801,10 @@ TEST_CASE("cuda: one training step of the default model matches the CPU (loss an
     const double lc = loss_c.item(), lg = loss_g.item();
     INFO("loss cpu " << lc << " gpu " << lg);
     CHECK(std::abs(lg - lc) / std::abs(lc) < (dt == DType::bf16 ? 1e-2 : 1e-5));
-    for (size_t i = 0; i < cpu_model.parameters().size(); ++i) {
-      const Parameter& pc = cpu_model.parameters()[i];
-      const Parameter& pg = gpu_model.parameters()[i];
-      INFO("grad of " << pc.info.name);
-      REQUIRE(pg.value.grad().defined());
-      const double err = rel_err(pg.value.grad(), pc.value.grad());
+    for (size_t i = 0; i < cpu_model.params().size(); ++i) {
+      INFO("grad of " << cpu_model.params().info(i).name);
+      REQUIRE(gpu_model.params().grad(i).defined());
+      const double err = rel_err(gpu_model.params().grad(i), cpu_model.params().grad(i));
       INFO("relative error " << err);
       CHECK(err < (dt == DType::bf16 ? 5e-2 : 1e-4));
     }

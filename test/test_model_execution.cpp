@@ -35,10 +35,10 @@ std::pair<double, std::vector<std::vector<double>>> loss_and_grads(const Experim
   Tensor loss = model.loss(inputs, targets);
   loss.backward();
   std::vector<std::vector<double>> grads;
-  for (const Parameter& p : model.parameters()) {
-    REQUIRE(p.value.grad().defined());
-    CHECK(p.value.grad().dtype() == dtype);
-    grads.push_back(p.value.grad().to_vector<double>());
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    REQUIRE(model.params().grad(i).defined());
+    CHECK(model.params().grad(i).dtype() == dtype);
+    grads.push_back(model.params().grad(i).to_vector<double>());
   }
   return {loss.item(), grads};
 }
@@ -97,9 +97,9 @@ TEST_CASE("every parameter of every ablation spec receives a gradient", "[model]
     Transformer model(spec.model, rng);
     auto [inputs, targets] = batch(spec, 2, 8);
     model.loss(inputs, targets).backward();
-    for (const Parameter& p : model.parameters()) {
-      INFO("parameter " << p.info.name);
-      CHECK(p.value.grad().defined());
+    for (size_t i = 0; i < model.params().size(); ++i) {
+      INFO("parameter " << model.params().info(i).name);
+      CHECK(model.params().grad(i).defined());
     }
   }
 }

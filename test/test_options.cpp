@@ -47,12 +47,13 @@ void check_model_gradients(const ModelSpec& spec) {
   Transformer model(spec, rng, DType::f64);
   std::vector<Tensor> params;
   Rng noise(17);
-  for (Parameter& p : model.parameters()) {
-    double* v = p.value.data<double>();
-    const Tensor n = Tensor::randn(p.value.shape(), noise, 0.15, DType::f64);
+  for (size_t k = 0; k < model.params().size(); ++k) {
+    const Tensor& value = model.params().value(k);
+    double* v = value.data<double>();
+    const Tensor n = Tensor::randn(value.shape(), noise, 0.15, DType::f64);
     const double* nv = n.data<double>();
-    for (int64_t i = 0; i < p.value.numel(); ++i) v[i] += nv[i];
-    params.push_back(p.value);
+    for (int64_t i = 0; i < value.numel(); ++i) v[i] += nv[i];
+    params.push_back(value);
   }
   const Tensor tokens = Tensor::from_vector<int32_t>({1, 4, 7, 2, 9, 3, 3, 10, 0, 5}, {2, 5});
   const Tensor targets = Tensor::from_vector<int32_t>({4, 7, 2, 9, 1, 3, 10, 0, 5, 6}, {2, 5});
@@ -201,9 +202,10 @@ TEST_CASE("baseline-preserving initialisation: new options start at the baseline
     Rng r1(3), r2(4);
     Transformer base(model_with(b), r1, DType::f64);
     Transformer option(model_with(o), r2, DType::f64);
-    for (Parameter& p : option.parameters()) {
-      for (const Parameter& q : base.parameters())
-        if (q.info.name == p.info.name && q.info.shape == p.info.shape) p.value.copy_from(q.value);
+    for (size_t i = 0; i < option.params().size(); ++i) {
+      const ParamInfo& info = option.params().info(i);
+      const ParamRef q = base.params().find(info.name);
+      if (q && base.params().info(q).shape == info.shape) option.params().load_value(i, base.params().value(q));
     }
     const auto want = base.forward(tokens).to_vector<double>();
     const auto got = option.forward(tokens).to_vector<double>();

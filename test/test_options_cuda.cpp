@@ -72,22 +72,22 @@ TEST_CASE("cuda: option models match the CPU (loss, gradients, diagnostics)", "[
     CHECK(lg.item() == Approx(lc.item()).epsilon(1e-5));
     lc.backward();
     lg.backward();
-    REQUIRE(cpu.parameters().size() == gpu.parameters().size());
+    REQUIRE(cpu.params().size() == gpu.params().size());
     double total = 0;  // the whole model's gradient norm (CPU)
-    for (const Parameter& pc : cpu.parameters()) {
-      INFO("parameter " << pc.info.name);
-      REQUIRE(pc.value.grad().defined());
-      const double n = l2_norm(pc.value.grad());
+    for (size_t i = 0; i < cpu.params().size(); ++i) {
+      INFO("parameter " << cpu.params().info(i).name);
+      REQUIRE(cpu.params().grad(i).defined());
+      const double n = l2_norm(cpu.params().grad(i));
       total += n * n;
     }
     const double floor = 1e-3 * std::sqrt(total);
-    for (size_t i = 0; i < cpu.parameters().size(); ++i) {
-      const Parameter& pc = cpu.parameters()[i];
-      const Parameter& pg = gpu.parameters()[i];
-      INFO("parameter " << pc.info.name);
-      REQUIRE(pg.value.grad().defined());
-      const double err = gradient_error(pg.value.grad(), pc.value.grad(), floor);
-      INFO("gradient norm " << l2_norm(pc.value.grad()) << ", error " << err << " (floor " << floor << ")");
+    for (size_t i = 0; i < cpu.params().size(); ++i) {
+      const Tensor& gc = cpu.params().grad(i);
+      const Tensor& gg = gpu.params().grad(i);
+      INFO("parameter " << cpu.params().info(i).name);
+      REQUIRE(gg.defined());
+      const double err = gradient_error(gg, gc, floor);
+      INFO("gradient norm " << l2_norm(gc) << ", error " << err << " (floor " << floor << ")");
       CHECK(err < 1e-4);
     }
     const nlohmann::json dc = cpu.diagnostics(tokens), dg = gpu.diagnostics(tokens.to(Device::cuda(0)));

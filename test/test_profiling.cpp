@@ -20,7 +20,7 @@ std::pair<double, std::vector<float>> one_step() {
   const ExperimentSpec spec = parse_spec(default_spec_json(), "default");
   Rng rng(3);
   Transformer model(spec.model, rng);
-  AdamW optimizer(model.parameters(), spec.optim);
+  AdamW optimizer(model.params(), spec.optim);
   const int64_t B = 2, T = spec.model.seq_len;
   std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
   Rng data(5);
@@ -30,8 +30,8 @@ std::pair<double, std::vector<float>> one_step() {
   loss.backward();
   optimizer.step(1e-3);
   std::vector<float> params;
-  for (const Parameter& p : model.parameters())
-    for (float x : p.value.to_vector<float>()) params.push_back(x);
+  for (size_t i = 0; i < model.params().size(); ++i)
+    for (float x : model.params().value(i).to_vector<float>()) params.push_back(x);
   return {loss.item(), params};
 }
 

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/io/checkpoint.h"
+#include "core/engine/ops.h"
 #include "core/model/model.h"
 #include "core/train/optim.h"
 #include "core/spec/spec.h"
@@ -113,13 +114,22 @@ TEST_CASE("learning-rate schedules", "[optim]") {
   CHECK(learning_rate(o, s, 109, 110) == Approx(0.1));
 }
 
+namespace {
+// A store holding one matrix-kind parameter "w" with the given values.
+template <class T>
+ParamStore one_parameter(const std::vector<T>& values) {
+  Rng rng(1);
+  const Shape shape{static_cast<int64_t>(values.size())};
+  ParamStore store({{"w", shape, ParamKind::matrix, 0.0, 0.0}}, rng, dtype_of<T>());
+  store.load_value(0, Tensor::from_vector(values, shape));
+  return store;
+}
+}  // namespace
+
 TEST_CASE("AdamW matches a hand computation and respects decay rules and clipping", "[optim]") {
-  ModelSpec ms;  // not used for shapes; build a single parameter by hand
-  std::vector<Parameter> params;
-  Tensor w = Tensor::from_vector<double>({1.0, -2.0}, {2});
-  w.set_requires_grad(true);
+  ParamStore params = one_parameter<double>({1.0, -2.0});
+  Tensor w = params.value(0);
   w.set_grad(Tensor::from_vector<double>({0.5, 0.5}, {2}));
-  params.push_back({{"w", {2}, ParamKind::matrix, 0.0, 0.0}, w, nullptr});
   OptimSpec o;
   o.beta1 = 0.9;
   o.beta2 = 0.99;
@@ -143,18 +153,77 @@ TEST_CASE("AdamW matches a hand computation and respects decay rules and clippin
 }
 
 TEST_CASE("AdamW rewrites a parameter's compute copy with the updated value", "[optim]") {
-  std::vector<Parameter> params;
-  Tensor w = Tensor::from_vector<float>({1.0f, -2.0f, 0.3f}, {3});
-  w.set_requires_grad(true);
+  ParamStore params = one_parameter<float>({1.0f, -2.0f, 0.3f});
+  params.set_compute_dtype(DType::bf16);
+  Tensor w = params.value(0);
+  CHECK_FALSE(params.compute_copy(0).defined());  // made at the first use
+  const Tensor used = params.compute_value(params.at("w"));
+  CHECK(used.dtype() == DType::bf16);
+  REQUIRE(params.compute_copy(0).defined());
   w.set_grad(Tensor::from_vector<float>({0.5f, -0.25f, 1.0f}, {3}));
-  params.push_back({{"w", {3}, ParamKind::matrix, 0.0, 0.0}, w, std::make_shared<ComputeCopy>()});
-  params[0].compute_copy->tensor = Tensor::zeros({3}, DType::bf16);
   OptimSpec o;
   o.grad_clip = 0.0;
   AdamW opt(params, o);
   opt.step(0.1);
   CHECK(w.to_vector<float>() != std::vector<float>{1.0f, -2.0f, 0.3f});
-  CHECK(params[0].compute_copy->tensor.to_vector<float>() == w.to(DType::bf16).to_vector<float>());
+  CHECK(params.compute_copy(0).to_vector<float>() == w.to(DType::bf16).to_vector<float>());
+  // New values from outside (a checkpoint) make the copy stale: it is remade at the next use.
+  params.load_value(0, Tensor::from_vector<float>({4.0f, 5.0f, 6.0f}, {3}));
+  CHECK_FALSE(params.compute_copy(0).defined());
+  CHECK(params.compute_value(params.at("w")).to_vector<float>() == std::vector<float>{4.0f, 5.0f, 6.0f});
+}
+
+TEST_CASE("ParamStore: flat aligned buffers, gradient homes, buffers the optimizer never touches", "[model][optim]") {
+  Rng rng(3);
+  std::vector<ParamInfo> table{{"a", {3, 5}, ParamKind::matrix, 0.02, 0.0},
+                               {"bias", {7}, ParamKind::bias, 0.0, 0.5},
+                               {"state", {4}, ParamKind::coefficient, 0.0, 2.0, ScaleRole::none, {}, false},
+                               {"b", {2}, ParamKind::norm_scale, 0.0, 1.0}};
+  ParamStore store(table, rng, DType::f64);
+  REQUIRE(store.size() == 4);
+  CHECK(store.num_parameters() == 15 + 7 + 4 + 2);
+  for (size_t i = 0; i < store.size(); ++i) {
+    INFO(store.info(i).name);
+    CHECK(store.offset(i) % ParamStore::kAlignElements == 0);
+    const Tensor& flat = store.info(i).trainable ? store.values() : store.buffers();
+    CHECK(store.value(i).impl()->storage == flat.impl()->storage);
+    CHECK(store.value(i).requires_grad() == store.info(i).trainable);
+  }
+  CHECK(store.values().numel() == 3 * ParamStore::kAlignElements);  // a, bias, b: each padded
+  CHECK(store.value(1).to_vector<double>() == std::vector<double>(7, 0.5));
+  CHECK(store.value(store.at("state")).to_vector<double>() == std::vector<double>(4, 2.0));
+  // The same initial values as drawing each entry alone from rng.fork(i) (layout-independent).
+  Rng fresh(3);
+  Rng stream = fresh.fork(0);
+  CHECK(store.value(0).to_vector<double>() == Tensor::randn({3, 5}, stream, 0.02, DType::f64).to_vector<double>());
+  CHECK_THROWS_AS(store.at("missing"), std::out_of_range);
+  CHECK_THROWS_AS(ParamStore(std::vector<ParamInfo>{table[0], table[0]}, rng, DType::f64), std::logic_error);
+
+  // Gradients land in the flat gradient buffer; the buffer entry gets none.
+  ops::sum(ops::mul(store.value(0), store.value(0))).backward();
+  ops::sum(store.value(3)).backward();
+  REQUIRE(store.grad(0).defined());
+  CHECK(store.grad(0).impl()->storage == store.grads().impl()->storage);
+  CHECK_FALSE(store.grad(1).defined());
+  CHECK_FALSE(store.grad(2).defined());
+  OptimSpec o;
+  AdamW opt(store, o);
+  const std::vector<double> buffer_before = store.value(2).to_vector<double>();
+  const std::vector<double> bias_before = store.value(1).to_vector<double>();
+  opt.step(0.1);
+  CHECK(store.value(2).to_vector<double>() == buffer_before);  // never touched by the optimizer
+  CHECK(store.value(1).to_vector<double>() == bias_before);    // no gradient: unchanged
+  // State by name, for the trainable parameters only.
+  std::vector<std::string> names;
+  for (const auto& [name, t] : opt.state_tensors()) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"optim/m/a", "optim/v/a", "optim/m/bias", "optim/v/bias", "optim/m/b",
+                                          "optim/v/b"});
+  CHECK_THROWS_AS(opt.load_state("optim/m/state", Tensor::zeros({4}, DType::f64)), std::out_of_range);
+  CHECK_THROWS_AS(opt.load_state("optim/m/a", Tensor::zeros({4}, DType::f64)), std::invalid_argument);
+  opt.load_state("optim/v/b", Tensor::full({2}, 3.0, DType::f64));
+  CHECK(opt.second_moment(3).to_vector<double>() == std::vector<double>{3.0, 3.0});
+  store.zero_grad();
+  CHECK_FALSE(store.grad(0).defined());
 }
 
 TEST_CASE("parameter table matches the built model and the documented counts", "[model]") {
@@ -379,18 +448,16 @@ TEST_CASE("resume moves rejected newer checkpoints aside so keep_last never prun
 }
 
 TEST_CASE("AdamW refuses a non-finite gradient instead of poisoning parameters and moments", "[optim]") {
-  std::vector<Parameter> params;
-  Tensor w = Tensor::from_vector<double>({1.0, -2.0}, {2});
-  w.set_requires_grad(true);
+  ParamStore params = one_parameter<double>({1.0, -2.0});
+  Tensor w = params.value(0);
   w.set_grad(Tensor::from_vector<double>({std::numeric_limits<double>::infinity(), 0.5}, {2}));
-  params.push_back({{"w", {2}, ParamKind::matrix, 0.0, 0.0}, w, nullptr});
   OptimSpec o;  // grad_clip 1.0: NaN > 1.0 is false, so clipping alone would not catch it
   AdamW opt(params, o);
   CHECK_THROWS_AS(opt.step(0.01), std::runtime_error);
   const auto v = w.to_vector<double>();
   CHECK(v[0] == 1.0);
   CHECK(v[1] == -2.0);
-  CHECK(opt.first_moments()[0].to_vector<double>() == std::vector<double>{0.0, 0.0});
+  CHECK(opt.first_moment(0).to_vector<double>() == std::vector<double>{0.0, 0.0});
   CHECK(opt.step_count() == 0);
   w.set_grad(Tensor::from_vector<double>({std::nan(""), 0.5}, {2}));
   CHECK_THROWS_AS(opt.step(0.01), std::runtime_error);

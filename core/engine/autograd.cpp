@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "core/engine/backend.h"
+#include "core/engine/memory_ops.h"
 
 namespace pt {
 namespace {
@@ -24,7 +25,58 @@ void accumulate(Tensor& grad, const Tensor& incoming) {
   backend_for(sum.device()).binary(BinaryOp::add, grad, addend, sum);  // inputs may be strided
   grad = sum;
 }
+// A gradient reaching leaf `leaf`: into its home when it has one (copy the first, add later ones in
+// place: the home is the leaf's own, never aliased), else as accumulate() does.
+void accumulate_leaf(TensorImpl* leaf, const Tensor& incoming) {
+  if (!leaf->grad_home.defined()) {
+    accumulate(leaf->grad, incoming);
+    return;
+  }
+  Tensor& home = leaf->grad_home;
+  Backend& be = backend_for(home.device());
+  if (!leaf->grad.defined()) {
+    be.copy(incoming, home);  // casts when the dtypes differ
+    leaf->grad = home;
+    return;
+  }
+  const Tensor addend = incoming.dtype() == home.dtype() ? incoming : incoming.to(home.dtype());
+  be.binary(BinaryOp::add, home, addend, home);  // home + incoming, the order accumulate() adds in
+}
 }  // namespace
+
+GradSinkSource grad_sink_source(const Tensor& weight) {
+  GradSinkSource source;
+  if (!weight.defined()) return source;
+  if (!weight.grad_fn()) {
+    if (weight.requires_grad() && weight.grad_home().defined()) source.leaf = weight.impl_ptr();
+    return source;
+  }
+  if (const std::shared_ptr<TensorImpl> master = ops::compute_copy_master(weight.grad_fn());
+      master && master->grad_home.defined()) {
+    source.leaf = master;
+    source.through_compute_copy = true;
+  }
+  return source;
+}
+
+GradSink grad_sink(const GradSinkSource& source, DType compute_dtype, bool device_writes_f32_from_bf16) {
+  GradSink sink;
+  TensorImpl* leaf = source.leaf.get();
+  if (!leaf || !leaf->grad_home.defined()) return sink;
+  if (source.through_compute_copy) {
+    if (compute_dtype != DType::bf16 || leaf->dtype != DType::f32 || !device_writes_f32_from_bf16) return sink;
+    sink.accumulate = leaf->grad.defined();
+  } else {
+    if (leaf->grad.defined() || compute_dtype != leaf->dtype) return sink;  // autograd adds later arrivals
+  }
+  sink.target = leaf->grad_home;
+  sink.leaf = leaf;
+  return sink;
+}
+
+void GradSink::commit() const {
+  if (leaf) leaf->grad = target;
+}
 
 bool grad_enabled() { return grad_mode; }
 NoGradGuard::NoGradGuard() : previous_(grad_mode) { grad_mode = false; }
@@ -112,7 +164,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     }
     if (!root.grad_fn()) {
       if (!root.requires_grad()) throw std::invalid_argument("backward() of a tensor that does not require grad");
-      accumulate(root.impl()->grad, seed);
+      accumulate_leaf(root.impl(), seed);
       continue;
     }
     auto& slots = pending[root.grad_fn().get()];
@@ -144,7 +196,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
         if (g->shape() != e.leaf->shape)
           throw std::logic_error(std::string(node->name()) + " produced a gradient " + g->describe() +
                                  " for an input of shape " + shape_str(e.leaf->shape));
-        accumulate(e.leaf->grad, *g);
+        accumulate_leaf(e.leaf.get(), *g);
       } else if (e.fn) {
         if (g && g->shape() != e.fn->output_shapes.at(static_cast<size_t>(e.output_nr)))
           throw std::logic_error(std::string(node->name()) + " produced a gradient " + g->describe() + " for output " +

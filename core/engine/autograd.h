@@ -76,6 +76,40 @@ bool any_requires_grad(const std::vector<Tensor>& tensors);
 void record(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
             const std::vector<Tensor>& outputs, bool always = false);
 
+// ---- gradient homes: the one way an op writes a parameter's gradient itself.
+//
+// A leaf may have a fixed gradient home (Tensor::set_grad_home; the parameter store gives every
+// trainable parameter one, a view into its flat gradient buffer). Gradients that reach such a leaf
+// through the graph are copied into the home (the first) or added to it in place (later ones). An op
+// that computes a weight's gradient with a GEMM can instead write it there directly, with no
+// temporary and no copy: it asks grad_sink() in its backward for the weight it captured as a
+// GradSinkSource in its forward, writes the target, and commits. Two cases:
+//  - the weight is the leaf itself: a sink only while the home holds no gradient yet (the op writes
+//    with beta = 0: the same values as a fresh GEMM); otherwise it returns its gradient as usual and
+//    autograd adds it, so results equal the unfused path bit for bit;
+//  - the weight is a compute copy of the leaf (ops::cast_cached: bf16 copy of an f32 master) and the
+//    device can write f32 from bf16 operands (CUDA): the sink is the f32 home, written fresh
+//    (beta = 0) or accumulated into (beta = 1, `accumulate`), so bf16 weight gradients are summed in
+//    fp32 over micro-batches without a bf16 gradient, a cast or an add.
+// The op then returns an undefined gradient for that weight (nothing flows through the graph).
+struct GradSinkSource {
+  std::shared_ptr<TensorImpl> leaf;  // the parameter (null: no sink possible)
+  bool through_compute_copy = false; // the op saw a cast_cached copy of `leaf`, not `leaf` itself
+};
+// What an op records in its forward for `weight` (a leaf with a home, or a cast_cached copy of one).
+GradSinkSource grad_sink_source(const Tensor& weight);
+
+struct GradSink {
+  Tensor target;            // the home (the leaf's shape and dtype)
+  bool accumulate = false;  // false: overwrite (beta = 0); true: add (beta = 1)
+  TensorImpl* leaf = nullptr;
+  explicit operator bool() const { return leaf != nullptr; }
+  void commit() const;      // after the writes succeeded: the home now holds the leaf's gradient
+};
+// The sink for a recorded source, given the dtype the op computes in (`compute_dtype`) and the
+// device's ability to write f32 results from bf16 operands; empty when the op must return the gradient.
+GradSink grad_sink(const GradSinkSource& source, DType compute_dtype, bool device_writes_f32_from_bf16);
+
 // Run backward from `roots` with seeds `grad_roots` (same order; undefined = ones for scalars).
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots);
 

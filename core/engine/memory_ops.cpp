@@ -9,8 +9,17 @@
 namespace pt::ops {
 namespace {
 
+thread_local int replay_depth = 0;
+
+struct ReplayScope {
+  ReplayScope() { ++replay_depth; }
+  ~ReplayScope() { --replay_depth; }
+  ReplayScope(const ReplayScope&) = delete;
+  ReplayScope& operator=(const ReplayScope&) = delete;
+};
+
 struct RecomputeNode final : Node {
-  RecomputeNode(SegmentFn f, std::vector<Tensor> saved) : fn(std::move(f)), saved_inputs(std::move(saved)) {}
+  RecomputeNode(MultiSegmentFn f, std::vector<Tensor> saved) : fn(std::move(f)), saved_inputs(std::move(saved)) {}
   const char* name() const override { return "recompute"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
     if (!fn) throw std::logic_error("recompute: backward through a graph a second time");
@@ -20,12 +29,22 @@ struct RecomputeNode final : Node {
       if (leaf.defined() && is_floating(leaf.dtype())) leaf.set_requires_grad(true);
       inputs.push_back(leaf);
     }
-    Tensor output;
+    std::vector<Tensor> outputs;
     {
       GradModeGuard recording(true);
-      output = fn(inputs);
+      ReplayScope replay;
+      outputs = fn(inputs);
     }
-    if (output.grad_fn()) run_backward({output}, {grad_outputs[0]});
+    if (outputs.size() != grad_outputs.size())
+      throw std::logic_error("recompute: the segment returned " + std::to_string(outputs.size()) +
+                             " outputs on replay but " + std::to_string(grad_outputs.size()) + " in the forward");
+    std::vector<Tensor> roots, seeds;
+    for (size_t i = 0; i < outputs.size(); ++i)
+      if (grad_outputs[i].defined() && outputs[i].grad_fn()) {
+        roots.push_back(outputs[i]);
+        seeds.push_back(grad_outputs[i]);
+      }
+    if (!roots.empty()) run_backward(roots, seeds);
     std::vector<Tensor> grads;
     for (const Tensor& in : inputs) grads.push_back(in.defined() ? in.grad() : Tensor());
     return grads;
@@ -34,24 +53,31 @@ struct RecomputeNode final : Node {
     fn = nullptr;
     saved_inputs.clear();
   }
-  SegmentFn fn;
+  MultiSegmentFn fn;
   std::vector<Tensor> saved_inputs;
 };
 
 }  // namespace
 
-Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs) {
+bool recompute_replaying() { return replay_depth > 0; }
+
+std::vector<Tensor> recompute(const MultiSegmentFn& fn, const std::vector<Tensor>& inputs) {
   if (!grad_enabled()) return fn(inputs);
-  Tensor output;
+  std::vector<Tensor> outputs;
   {
     NoGradGuard no_grad;
-    output = fn(inputs);
+    outputs = fn(inputs);
   }
   std::vector<Tensor> saved;
   for (const Tensor& t : inputs) saved.push_back(t.detach());
   // Parameters captured inside fn need this Node even when no input requires grad.
-  record(std::make_shared<RecomputeNode>(fn, std::move(saved)), inputs, {output}, /*always=*/true);
-  return output;
+  record(std::make_shared<RecomputeNode>(fn, std::move(saved)), inputs, outputs, /*always=*/true);
+  return outputs;
+}
+
+Tensor recompute(const SegmentFn& fn, const std::vector<Tensor>& inputs) {
+  return recompute(MultiSegmentFn([fn](const std::vector<Tensor>& in) { return std::vector<Tensor>{fn(in)}; }),
+                   inputs)[0];
 }
 
 Tensor chunked_lm_loss(const Tensor& h, const Tensor& head, const Tensor& targets, int64_t chunk_rows,
@@ -128,10 +154,10 @@ Tensor cast_cached(const Tensor& master, const Tensor& copy) {
   return out;
 }
 
-Tensor* master_grad_slot(const std::shared_ptr<Node>& weight_grad_fn) {
-  auto* node = dynamic_cast<CastCachedNode*>(weight_grad_fn.get());
-  if (!node || node->inputs.empty() || !node->inputs[0].leaf) return nullptr;  // master not a leaf
-  return &node->inputs[0].leaf->grad;
+std::shared_ptr<TensorImpl> compute_copy_master(const std::shared_ptr<Node>& grad_fn) {
+  auto* node = dynamic_cast<CastCachedNode*>(grad_fn.get());
+  if (!node || node->inputs.empty()) return nullptr;
+  return node->inputs[0].leaf;  // null when the master is not a leaf
 }
 
 }  // namespace pt::ops

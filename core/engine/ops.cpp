@@ -327,42 +327,9 @@ Tensor concat(const std::vector<Tensor>& xs) {
 }
 
 namespace {
-// Weight-gradient fusion for compute copies (cast_cached): the master's f32 gradient as the target
-// of dW GEMMs (bf16 dy and x, f32 out, fp32 accumulation): no bf16 dW, no cast to f32, no add when
-// gradients accumulate over micro-batches. `target` is null when the weight is not a compute copy
-// of a leaf master or the backend cannot write f32 from bf16 (then dW goes back the usual way).
-// `fresh`: the target is new (write with beta = 0), else it holds the earlier gradient (beta = 1);
-// an earlier gradient that shares its handle or storage with anything is copied first, and the
-// target replaces the master's gradient only by commit(), after the GEMMs succeeded.
-struct MasterGradTarget {
-  Tensor* slot = nullptr;  // the master's .grad
-  Tensor target;
-  bool fresh = false;
-  explicit operator bool() const { return slot != nullptr; }
-  void commit() const { *slot = target; }
-};
-
-MasterGradTarget master_grad_target(const std::shared_ptr<Node>& weight_fn, const Tensor& weight_values) {
-  MasterGradTarget t;
-  Tensor* slot = master_grad_slot(weight_fn);
-  if (!slot || weight_values.dtype() != DType::bf16 || weight_values.device().type != DeviceType::cuda) return t;
-  const Shape& shape = weight_fn->inputs[0].leaf->shape;
-  if (weight_fn->inputs[0].leaf->dtype != DType::f32) return t;
-  t.slot = slot;
-  t.fresh = !slot->defined();
-  if (t.fresh) {
-    t.target = Tensor::empty(shape, DType::f32, weight_values.device());
-  } else if (slot->shape() != shape || slot->dtype() != DType::f32) {
-    throw std::logic_error("linear: the master gradient " + slot->describe() + " does not match the master " +
-                           shape_str(shape));
-  } else if (!slot->is_contiguous() || slot->impl_ptr().use_count() != 1 || slot->impl()->storage.use_count() != 1) {
-    t.target = Tensor::empty(shape, DType::f32, weight_values.device());
-    be(t.target).copy(*slot, t.target);
-  } else {
-    t.target = *slot;  // exclusively the master's: accumulate in place
-  }
-  return t;
-}
+// Whether `t`'s backend computes bf16 x bf16 GEMMs into f32 outputs (fp32 accumulation kept in fp32),
+// which a compute copy's weight gradient needs to go straight into its f32 master's home.
+bool writes_f32_from_bf16(const Tensor& t) { return t.device().type == DeviceType::cuda; }
 }  // namespace
 
 namespace {
@@ -403,7 +370,7 @@ Tensor linear_impl(const char* op, const Tensor& x, const Tensor& weight, const 
   const Tensor xd = x2.detach(), wd = w.detach();
   const Shape bias_shape = bias.shape();
   const bool has_bias = bias.defined(), has_residual = residual.defined();
-  const std::shared_ptr<Node> weight_fn = weight.grad_fn();
+  const GradSinkSource weight_home = need_w ? grad_sink_source(weight) : GradSinkSource();
   std::vector<Tensor> inputs{x, weight, bias};
   if (has_residual) inputs.push_back(residual);
   record_op(op, inputs, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -413,9 +380,9 @@ Tensor linear_impl(const char* op, const Tensor& x, const Tensor& weight, const 
       dx = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
       be(dy).gemm(false, false, rows, in, out_features, 1.0, dy, wd, 0.0, dx);
     }
-    if (const MasterGradTarget master = need_w ? master_grad_target(weight_fn, wd) : MasterGradTarget()) {
-      be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, master.fresh ? 0.0 : 1.0, master.target);
-      master.commit();
+    if (const GradSink sink = grad_sink(weight_home, wd.dtype(), writes_f32_from_bf16(wd))) {
+      be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, sink.accumulate ? 1.0 : 0.0, sink.target);
+      sink.commit();
     } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       be(dy).gemm(true, false, out_features, in, rows, 1.0, dy, xd, 0.0, dw);
@@ -483,7 +450,7 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
   const Tensor xd = x2.detach(), wd = w.detach();
   const Shape bias_shape = bias.shape();
   const bool has_bias = bias.defined();
-  const std::shared_ptr<Node> weight_fn = weight.grad_fn();
+  const GradSinkSource weight_home = need_w ? grad_sink_source(weight) : GradSinkSource();
   record_op("linear_split", {x, weight, bias}, outs, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dx, dw, db;
     if (need_x) {
@@ -498,17 +465,17 @@ std::vector<Tensor> linear_split(const Tensor& x, const Tensor& weight, const Te
       }
       if (!dx.defined()) dx = zeros_like(xd);
     }
-    if (const MasterGradTarget master = need_w ? master_grad_target(weight_fn, wd) : MasterGradTarget()) {
-      // Each part's rows of the f32 master gradient: written (fresh) or accumulated into.
+    if (const GradSink sink = grad_sink(weight_home, wd.dtype(), writes_f32_from_bf16(wd))) {
+      // Each part's rows of the weight's gradient home: written (fresh) or accumulated into.
       for (size_t i = 0; i < sizes.size(); ++i) {
         if (sizes[i] == 0) continue;
-        const Tensor slot = master.target.narrow_view(0, starts[i], sizes[i]);
+        const Tensor slot = sink.target.narrow_view(0, starts[i], sizes[i]);
         if (g[i].defined())
-          be(slot).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, master.fresh ? 0.0 : 1.0, slot);
-        else if (master.fresh)
+          be(slot).gemm(true, false, sizes[i], in, rows, 1.0, g[i].contiguous(), xd, sink.accumulate ? 1.0 : 0.0, slot);
+        else if (!sink.accumulate)
           be(slot).fill(slot, 0.0);
       }
-      master.commit();
+      sink.commit();
     } else if (need_w) {
       dw = Tensor::empty(wd.shape(), wd.dtype(), wd.device());
       for (size_t i = 0; i < sizes.size(); ++i) {
@@ -551,7 +518,16 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
   const Shape ts = table.shape();
   const DType dt = table.dtype();
   const Device dev = table.device();
+  const GradSinkSource table_home = grad_sink_source(table);
   record_op("embedding", {ids, table}, {out}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    // The table's gradient home when it holds nothing yet (zeroed, then scattered into: the same
+    // values as a fresh zero table); else a fresh table that autograd adds.
+    if (const GradSink sink = grad_sink(table_home, dt, false); sink && !sink.accumulate) {
+      be(sink.target).fill(sink.target, 0.0);
+      be(sink.target).embedding_backward(idd, g[0].contiguous(), sink.target);
+      sink.commit();
+      return {Tensor(), Tensor()};
+    }
     Tensor dtable = Tensor::zeros(ts, dt, dev);
     be(dtable).embedding_backward(idd, g[0].contiguous(), dtable);
     return {Tensor(), dtable};

@@ -280,6 +280,16 @@ void Tensor::set_grad(const Tensor& grad) {
   require_defined(impl_.get(), "set_grad()");
   impl_->grad = grad;
 }
+void Tensor::set_grad_home(const Tensor& home) {
+  require_defined(impl_.get(), "set_grad_home()");
+  if (home.defined() && (home.shape() != shape() || home.device() != device() || !home.is_contiguous() ||
+                         !is_floating(home.dtype())))
+    throw std::invalid_argument("set_grad_home: home " + home.describe() + " does not fit " + describe() +
+                                " (same shape and device, contiguous, floating)");
+  impl_->grad_home = home;
+  impl_->grad = Tensor();
+}
+const Tensor& Tensor::grad_home() const { return impl_ ? impl_->grad_home : kUndefined; }
 void Tensor::zero_grad() {
   if (impl_) impl_->grad = Tensor();
 }

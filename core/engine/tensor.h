@@ -93,7 +93,12 @@ class Tensor {
   Tensor& set_requires_grad(bool requires_grad);
   const Tensor& grad() const;                 // undefined until a backward pass reaches it
   void set_grad(const Tensor& grad);
-  void zero_grad();                           // drops the grad (next backward allocates a fresh one)
+  void zero_grad();                           // drops the grad (the home stays; see set_grad_home)
+  // A fixed home for this leaf's gradient (same shape, contiguous; a view into a parameter store's
+  // flat gradient buffer): backward copies the first gradient into it and adds later ones in place,
+  // and ops may write straight into it (grad_sink in autograd.h). grad() is the home once written.
+  void set_grad_home(const Tensor& home);
+  const Tensor& grad_home() const;
   const std::shared_ptr<Node>& grad_fn() const;
   int output_nr() const;
   void set_grad_fn(std::shared_ptr<Node> fn, int output_nr);
@@ -117,7 +122,8 @@ struct TensorImpl {
 
   // autograd
   bool requires_grad = false;
-  Tensor grad;
+  Tensor grad;       // the accumulated gradient; undefined until one arrives
+  Tensor grad_home;  // where `grad` lives when defined (set_grad_home), else undefined
   std::shared_ptr<Node> grad_fn;
   int output_nr = 0;
 };

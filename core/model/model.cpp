@@ -10,27 +10,6 @@
 
 namespace pt {
 
-const char* param_kind_name(ParamKind kind) {
-  switch (kind) {
-    case ParamKind::matrix: return "matrix";
-    case ParamKind::embedding: return "embedding";
-    case ParamKind::norm_scale: return "norm_scale";
-    case ParamKind::bias: return "bias";
-    case ParamKind::scale_direction: return "scale_direction";
-    case ParamKind::coefficient: return "coefficient";
-  }
-  return "?";
-}
-
-const char* scale_role_name(ScaleRole role) {
-  switch (role) {
-    case ScaleRole::none: return "none";
-    case ScaleRole::input: return "input";
-    case ScaleRole::output: return "output";
-  }
-  return "?";
-}
-
 namespace {
 
 using Branches = std::vector<std::pair<std::string, int64_t>>;
@@ -204,57 +183,14 @@ struct Transformer::Diagnostics {
   std::vector<std::vector<double>> alpha_mean;
 };
 
-Transformer::Transformer(const ModelSpec& spec, Rng& rng, DType dtype, Device device) : spec_(spec) {
-  const std::vector<ParamInfo> table = parameter_table(spec);
-  for (size_t i = 0; i < table.size(); ++i) {
-    const ParamInfo& info = table[i];
-    Rng stream = rng.fork(i);
-    Tensor value;
-    if (!info.init_rows.empty()) {
-      const int64_t n = shape_numel(info.shape), per_row = n / info.shape.at(0);
-      std::vector<double> values(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j) values[size_t(j)] = info.init_rows.at(size_t(j / per_row));
-      value = Tensor::from_vector(values, info.shape, Device::cpu()).to(dtype).to(device);
-    } else {
-      value = info.init_std > 0.0 ? Tensor::randn(info.shape, stream, info.init_std, dtype, device)
-                                  : Tensor::full(info.shape, info.init_value, dtype, device);
-    }
-    value.set_requires_grad(true);
-    index_[info.name] = params_.size();
-    params_.push_back({info, value, std::make_shared<ComputeCopy>()});
-  }
-}
+Transformer::Transformer(const ModelSpec& spec, Rng& rng, DType dtype, Device device)
+    : spec_(spec), store_(parameter_table(spec), rng, dtype, device) {}
 
-const Tensor& Transformer::param(const std::string& name) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) throw std::out_of_range("model has no parameter \"" + name + "\"");
-  return params_[it->second].value;
-}
+const Tensor& Transformer::param(const std::string& name) const { return store_.value(store_.at(name)); }
 
 Tensor Transformer::maybe_param(const std::string& name) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) return Tensor();
-  const Parameter& p = params_[it->second];
-  if (!execution_.compute_dtype || p.value.dtype() == *execution_.compute_dtype) return p.value;
-  // Compute copies for bf16 over f32 masters (what the optimizer kernels write); other pairs cast.
-  if (*execution_.compute_dtype != DType::bf16 || p.value.dtype() != DType::f32 || !p.compute_copy)
-    return ops::cast(p.value, *execution_.compute_dtype);
-  Tensor& copy = p.compute_copy->tensor;
-  if (!copy.defined()) {
-    NoGradGuard no_grad;
-    copy = p.value.to(DType::bf16);
-  }
-  return ops::cast_cached(p.value, copy);
-}
-
-int64_t Transformer::num_parameters() const {
-  int64_t n = 0;
-  for (const Parameter& p : params_) n += p.value.numel();
-  return n;
-}
-
-void Transformer::zero_grad() {
-  for (Parameter& p : params_) p.value.zero_grad();
+  const ParamRef p = store_.find(name);
+  return p ? store_.compute_value(p) : Tensor();
 }
 
 Tensor Transformer::scale_value(const std::string& name) const {
@@ -503,7 +439,7 @@ void Transformer::set_execution(const ExecutionOptions& options) {
   if (options.compute_dtype && !is_floating(*options.compute_dtype))
     throw std::invalid_argument(std::string("compute dtype must be floating, got ") + dtype_name(*options.compute_dtype));
   execution_ = options;
-  drop_compute_copies();  // made for the previous compute dtype
+  store_.set_compute_dtype(options.compute_dtype);  // forgets copies made for the previous compute dtype
 }
 
 Tensor Transformer::use(const std::string& name) const {

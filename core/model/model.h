@@ -20,49 +20,14 @@
 #include <nlohmann/json.hpp>
 
 #include "core/engine/rng.h"
+#include "core/model/param_store.h"
 #include "core/spec/spec.h"
 #include "core/engine/tensor.h"
 
 namespace pt {
 
-// What a parameter is, for initialisation and weight-decay rules. norm_scale: a scale vector (or the
-// magnitude m of a magnitude-direction scale); scale_direction: the direction v of such a scale;
-// coefficient: LA coefficients, the MoA blend scalar.
-enum class ParamKind { matrix, embedding, norm_scale, bias, scale_direction, coefficient };
-const char* param_kind_name(ParamKind kind);
-
-// The role of a scale tensor (docs/options.md): input = scale of a norm that feeds a linear map, or an
-// input-side branch scale W diag(g); output = output-side scale diag(b) W, QK-norm scale.
-enum class ScaleRole { none, input, output };
-const char* scale_role_name(ScaleRole role);
-
-struct ParamInfo {
-  std::string name;  // e.g. "blocks.3.attn.qkv.weight"
-  Shape shape;
-  ParamKind kind;
-  double init_std = 0.0;   // normal(0, init_std) for matrices and embeddings
-  double init_value = 0.0; // constant for norm scales and biases
-  ScaleRole role = ScaleRole::none;  // for norm_scale / scale_direction
-  std::vector<double> init_rows = {};  // if non-empty: element [i, ...] starts at init_rows[i] (overrides init_value)
-};
-
 std::vector<ParamInfo> parameter_table(const ModelSpec& spec);
 int64_t count_parameters(const ModelSpec& spec);
-
-// Mixed precision: a parameter's value cast to the compute dtype (bf16 of an f32 master), made at
-// its first use in a forward and rewritten by the optimizer in its update pass (no cast per
-// forward). Shared by every copy of the Parameter, so an optimizer built on a copied vector still
-// refreshes the copy the model reads. Dropped (undefined) whenever the parameters are handed out
-// for writing (Transformer::parameters()) or the execution options change.
-struct ComputeCopy {
-  Tensor tensor;
-};
-
-struct Parameter {
-  ParamInfo info;
-  Tensor value;  // requires_grad; its .grad holds the accumulated gradient
-  std::shared_ptr<ComputeCopy> compute_copy;  // null for parameters built outside a model
-};
 
 // How the model executes (not what it computes): set from the spec's training section.
 struct ExecutionOptions {
@@ -77,6 +42,8 @@ ExecutionOptions execution_options(const TrainingSpec& training);
 
 class Transformer {
  public:
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
   // Allocates and initialises every parameter from `rng` (one forked stream per parameter, so
   // initial values depend only on the seed and the parameter's position in the table).
   Transformer(const ModelSpec& spec, Rng& rng, DType dtype = DType::f32, Device device = Device::cpu());
@@ -93,26 +60,16 @@ class Transformer {
   // (the mean over channels with per-channel coefficients). See docs/options.md.
   nlohmann::json diagnostics(const Tensor& tokens) const;
 
-  // Forgets every compute copy (remade from the values at the next forward); the copies live in
-  // shared slots, so this is const like the forward that makes them.
-  void drop_compute_copies() const {
-    for (const Parameter& p : params_)
-      if (p.compute_copy) p.compute_copy->tensor = Tensor();
-  }
   void set_execution(const ExecutionOptions& options);
   const ExecutionOptions& execution() const { return execution_; }
 
   const ModelSpec& spec() const { return spec_; }
-  // Writable parameters: drops the compute copies (remade from the values at the next forward).
-  // The optimizer keeps the reference and updates values and copies together.
-  std::vector<Parameter>& parameters() {
-    drop_compute_copies();
-    return params_;
-  }
-  const std::vector<Parameter>& parameters() const { return params_; }
-  const Tensor& param(const std::string& name) const;  // throws naming the missing parameter
-  int64_t num_parameters() const;
-  void zero_grad();
+  // Every parameter and buffer, in flat buffers (the optimizer and checkpoints work on it).
+  ParamStore& params() { return store_; }
+  const ParamStore& params() const { return store_; }
+  const Tensor& param(const std::string& name) const;  // the master value; throws naming a missing parameter
+  int64_t num_parameters() const { return store_.num_parameters(); }
+  void zero_grad() { store_.zero_grad(); }
 
  private:
   Tensor norm(const Tensor& x, const std::string& prefix) const;
@@ -141,8 +98,7 @@ class Transformer {
 
   ModelSpec spec_;
   ExecutionOptions execution_;
-  std::vector<Parameter> params_;
-  std::map<std::string, size_t> index_;
+  ParamStore store_;
 };
 
 }  // namespace pt

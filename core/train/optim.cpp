@@ -48,10 +48,19 @@ bool applies_weight_decay(const ParamInfo& param, const OptimSpec& optim) {
   }
 }
 
-AdamW::AdamW(std::vector<Parameter>& params, const OptimSpec& spec) : params_(params), spec_(spec) {
-  for (const Parameter& p : params_) {
-    m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
-    v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+AdamW::AdamW(ParamStore& params, const OptimSpec& spec) : params_(params), spec_(spec) {
+  m_flat_ = Tensor::zeros(params_.values().shape(), params_.dtype(), params_.device());
+  v_flat_ = Tensor::zeros(params_.values().shape(), params_.dtype(), params_.device());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamInfo& info = params_.info(i);
+    if (!info.trainable) {
+      m_.emplace_back();
+      v_.emplace_back();
+      continue;
+    }
+    const int64_t n = shape_numel(info.shape);
+    m_.push_back(m_flat_.narrow_view(0, params_.offset(i), n).view(info.shape));
+    v_.push_back(v_flat_.narrow_view(0, params_.offset(i), n).view(info.shape));
   }
 }
 
@@ -59,8 +68,8 @@ OptimizerStepStats AdamW::step(double lr, double grad_scale) {
   NoGradGuard no_grad;
   OptimizerStepStats stats;
   std::vector<Tensor> grads;
-  for (const Parameter& p : params_)
-    if (p.value.grad().defined()) grads.push_back(p.value.grad());
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_.info(i).trainable && params_.grad(i).defined()) grads.push_back(params_.grad(i));
   const double sum_squares = grads.empty() ? 0.0 : backend_for(grads[0].device()).sum_squares(grads);
   stats.grad_norm = std::sqrt(sum_squares) * grad_scale;
   // A NaN/inf gradient would pass the clipping test (NaN > clip is false) and poison every parameter
@@ -70,21 +79,40 @@ OptimizerStepStats AdamW::step(double lr, double grad_scale) {
                              std::to_string(step_ + 1) + "; parameters and moments were left unchanged");
   if (spec_.grad_clip > 0.0 && stats.grad_norm > spec_.grad_clip) stats.clip_factor = spec_.grad_clip / (stats.grad_norm + 1e-6);
   ++step_;
-  // One multi-tensor update per device (parameters all live on one device today).
+  // One multi-tensor update over the store (all on one device).
   std::vector<Backend::AdamwTensors> group;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const Parameter& p = params_[i];
-    if (!p.value.grad().defined()) continue;
-    if (!group.empty() && group.front().param.device() != p.value.device())
-      throw std::runtime_error("AdamW: parameters on several devices (" + group.front().param.device().str() +
-                               ", " + p.value.device().str() + " for " + p.info.name + ")");
-    const double wd = applies_weight_decay(p.info, spec_) ? spec_.weight_decay : 0.0;
-    group.push_back({p.value, p.value.grad(), m_[i], v_[i], wd, p.compute_copy ? p.compute_copy->tensor : Tensor()});
+    const ParamInfo& info = params_.info(i);
+    if (!info.trainable || !params_.grad(i).defined()) continue;
+    const double wd = applies_weight_decay(info, spec_) ? spec_.weight_decay : 0.0;
+    group.push_back({params_.value(i), params_.grad(i), m_[i], v_[i], wd, params_.compute_copy(i)});
   }
   if (!group.empty())
-    backend_for(group.front().param.device())
-        .adamw_step_multi(group, grad_scale * stats.clip_factor, lr, spec_.beta1, spec_.beta2, spec_.eps, step_);
+    backend_for(params_.device()).adamw_step_multi(group, grad_scale * stats.clip_factor, lr, spec_.beta1, spec_.beta2,
+                                                   spec_.eps, step_);
   return stats;
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!params_.info(i).trainable) continue;
+    out.emplace_back("optim/m/" + params_.info(i).name, m_[i]);
+    out.emplace_back("optim/v/" + params_.info(i).name, v_[i]);
+  }
+  return out;
+}
+
+void AdamW::load_state(const std::string& name, const Tensor& tensor) {
+  const bool first = name.starts_with("optim/m/"), second = name.starts_with("optim/v/");
+  const ParamRef p = first || second ? params_.find(name.substr(8)) : ParamRef{};
+  if (!p || !params_.info(p).trainable) throw std::out_of_range("AdamW has no state tensor \"" + name + "\"");
+  const Tensor& target = (first ? m_ : v_)[static_cast<size_t>(p.index)];
+  if (tensor.shape() != target.shape())
+    throw std::invalid_argument("AdamW state \"" + name + "\" is " + shape_str(target.shape()) + ", not " +
+                                shape_str(tensor.shape()));
+  NoGradGuard no_grad;
+  Tensor(target).copy_from(tensor);
 }
 
 }  // namespace pt

@@ -4,7 +4,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/model/model.h"
+#include <string>
+#include <utility>
+
+#include "core/model/param_store.h"
 #include "core/spec/spec.h"
 
 namespace pt {
@@ -31,25 +34,38 @@ struct OptimizerStepStats {
   double clip_factor = 1.0;  // multiplier applied to the gradients (1 when not clipped)
 };
 
+// AdamW over a ParamStore's trainable parameters. Owns its state: first and second moments in flat
+// buffers with the store's layout (one view per parameter), and the step count. Checkpoints see the
+// state by name (state_tensors / load_state), never by index.
 class AdamW {
  public:
-  AdamW(std::vector<Parameter>& params, const OptimSpec& spec);
+  AdamW(ParamStore& params, const OptimSpec& spec);
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
 
   // One update with learning rate `lr`. Gradients are multiplied by `grad_scale` first
   // (e.g. 1 / grad_accum), then clipped to spec.grad_clip by global norm. Parameters without
-  // a gradient are left unchanged (their moments too).
+  // a gradient are left unchanged (their moments too); so are buffers.
   OptimizerStepStats step(double lr, double grad_scale = 1.0);
 
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t step) { step_ = step; }
-  // First and second moments, index-aligned with the parameters (for checkpoints).
-  std::vector<Tensor>& first_moments() { return m_; }
-  std::vector<Tensor>& second_moments() { return v_; }
+
+  // The optimizer state as named tensors (views, for checkpoints): "optim/m/<param>" and
+  // "optim/v/<param>" for every trainable parameter.
+  std::vector<std::pair<std::string, Tensor>> state_tensors() const;
+  // Copies `tensor` into the state tensor called `name` (as listed by state_tensors); throws naming
+  // an unknown name or a shape mismatch.
+  void load_state(const std::string& name, const Tensor& tensor);
+
+  const Tensor& first_moment(size_t param) const { return m_.at(param); }   // undefined for buffers
+  const Tensor& second_moment(size_t param) const { return v_.at(param); }
 
  private:
-  std::vector<Parameter>& params_;
+  ParamStore& params_;
   OptimSpec spec_;
-  std::vector<Tensor> m_, v_;
+  Tensor m_flat_, v_flat_;         // the store's trainable layout
+  std::vector<Tensor> m_, v_;      // per parameter views (undefined for buffers)
   int64_t step_ = 0;
 };
 

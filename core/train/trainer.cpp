@@ -101,16 +101,17 @@ ckpt::TensorRecord record_of(const std::string& name, const Tensor& t) {
   return r;
 }
 
-void restore(const ckpt::Checkpoint& ck, const std::string& name, Tensor& target, const fs::path& file) {
+// The checkpoint's tensor `name` as a host tensor of `shape` and `dtype`; an error names the file and
+// the tensor when it is missing or differs.
+Tensor restored(const ckpt::Checkpoint& ck, const std::string& name, const Shape& shape, DType dtype, const fs::path& file) {
   const ckpt::TensorRecord* r = ck.find(name);
   if (!r) throw std::runtime_error(file.string() + ": checkpoint has no tensor \"" + name + "\"");
-  if (r->shape != target.shape() || r->dtype != dtype_name(target.dtype()))
+  if (r->shape != shape || r->dtype != dtype_name(dtype))
     throw std::runtime_error(file.string() + ": tensor \"" + name + "\" is " + r->dtype + shape_str(r->shape) +
-                             " in the checkpoint but the model expects " + dtype_name(target.dtype()) +
-                             shape_str(target.shape()));
-  Tensor host = Tensor::empty(target.shape(), target.dtype(), Device::cpu());
+                             " in the checkpoint but the model expects " + dtype_name(dtype) + shape_str(shape));
+  Tensor host = Tensor::empty(shape, dtype, Device::cpu());
   std::memcpy(host.raw_data(), r->bytes.data(), r->bytes.size());
-  target.copy_from(host);
+  return host;
 }
 
 // A key of a checkpoint's meta document; a missing key is an error naming the file.
@@ -166,7 +167,7 @@ class Trainer {
         device_(parse_device(spec.training.device)),
         init_rng_(spec.training.seed),
         model_(spec.model, init_rng_, DType::f32, device_),
-        optimizer_(model_.parameters(), spec.optim),
+        optimizer_(model_.params(), spec.optim),
         train_data_(make_batch_source(spec, "train")),
         val_data_(make_batch_source(spec, "val")),
         total_steps_(spec.total_steps()),
@@ -292,12 +293,9 @@ class Trainer {
                {"optimizer_step", optimizer_.step_count()},
                {"spec", to_json(spec_)},
                {"train_data", train_data_->state()}};
-    const auto& params = std::as_const(model_).parameters();  // read only: keeps the compute copies
-    for (size_t i = 0; i < params.size(); ++i) {
-      ck.tensors.push_back(record_of("model/" + params[i].info.name, params[i].value));
-      ck.tensors.push_back(record_of("optim/m/" + params[i].info.name, optimizer_.first_moments()[i]));
-      ck.tensors.push_back(record_of("optim/v/" + params[i].info.name, optimizer_.second_moments()[i]));
-    }
+    const ParamStore& params = model_.params();
+    for (size_t i = 0; i < params.size(); ++i) ck.tensors.push_back(record_of("model/" + params.info(i).name, params.value(i)));
+    for (const auto& [name, tensor] : optimizer_.state_tensors()) ck.tensors.push_back(record_of(name, tensor));
     const fs::path dir = options_.run_dir / "checkpoints";
     const fs::path file = ckpt::checkpoint_file(dir, step);
     ckpt::write_checkpoint(file, ck);
@@ -354,12 +352,11 @@ class Trainer {
     diff_json(saved_spec, to_json(spec_), "", other_diff);
     for (const auto& d : other_diff) spdlog::warn("resuming with a changed spec key: {}", d);
 
-    auto& params = model_.parameters();
-    for (size_t i = 0; i < params.size(); ++i) {
-      restore(ck, "model/" + params[i].info.name, params[i].value, file);
-      restore(ck, "optim/m/" + params[i].info.name, optimizer_.first_moments()[i], file);
-      restore(ck, "optim/v/" + params[i].info.name, optimizer_.second_moments()[i], file);
-    }
+    ParamStore& params = model_.params();
+    for (size_t i = 0; i < params.size(); ++i)
+      params.load_value(i, restored(ck, "model/" + params.info(i).name, params.info(i).shape, params.dtype(), file));
+    for (const auto& [name, tensor] : optimizer_.state_tensors())
+      optimizer_.load_state(name, restored(ck, name, tensor.shape(), tensor.dtype(), file));
     optimizer_.set_step_count(meta_int(ck, "optimizer_step", file));
     train_data_->load_state(meta_field(ck, "train_data", file));
     const int64_t step = loaded_step;
