@@ -126,7 +126,7 @@ double flops_per_token(const ModelSpec& m) {
 void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_tflops, const std::string& json_out,
                int64_t profile_steps) {
   const ExperimentSpec spec = resolve_spec(args);
-  const Device device = parse_device(spec.training.device);
+  const Device device = parse_device(std::string(to_string(spec.training.device)));
   Rng rng(spec.training.seed);
   Transformer model(spec.model, rng, DType::f32, device);
   model.set_execution(execution_options(spec.training));
@@ -171,8 +171,8 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
   nlohmann::json out = {{"spec", spec.name},
                         {"micro_batch", spec.training.micro_batch},
                         {"grad_accum", spec.training.grad_accum},
-                        {"precision", spec.training.precision},
-                        {"recompute", spec.training.recompute},
+                        {"precision", std::string(to_string(spec.training.precision))},
+                        {"recompute", std::string(to_string(spec.training.recompute))},
                         {"device", device.str()},
                         {"backend", backend_for(device).name()},
                         {"parameters", model.num_parameters()},

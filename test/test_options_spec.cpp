@@ -41,13 +41,13 @@ const std::string kF = "model.ffn_hidden=96";
 
 TEST_CASE("option keys default to the baseline and round-trip", "[options][spec]") {
   const ExperimentSpec s = parse_spec(default_spec_json(), "x");
-  CHECK(s.model.norm.scale_placement == "input");
+  CHECK(s.model.norm.scale_placement == ScalePlacement::input);
   CHECK_FALSE(s.model.norm.branch_scales);
-  CHECK(s.model.norm.reparam == "none");
+  CHECK(s.model.norm.reparam == ScaleReparam::none);
   CHECK_FALSE(s.model.norm.qk_norm);
   CHECK_FALSE(s.model.norm.unified);
-  CHECK(s.model.attn_gate.position == "none");
-  CHECK(s.model.la.base == "relu");  // resolved to the dictionary's first entry
+  CHECK(s.model.attn_gate.position == GatePosition::none);
+  CHECK(s.model.la.base == ActivationFn::relu);  // resolved to the dictionary's first entry
   CHECK(s.optim.weight_decay_scales == ScaleDecayRules{});
 
   const std::vector<std::string> o{"model.norm.unified=true",  "model.norm.qk_norm=true",
@@ -57,7 +57,7 @@ TEST_CASE("option keys default to the baseline and round-trip", "[options][spec]
                                    "model.attn_gate.bias=true", "optim.weight_decay_scales.direction=true",
                                    "optim.weight_decay_scales.input=false"};
   const ExperimentSpec t = parse_spec(with(o), "x");
-  CHECK(t.model.moa.base == "gelu");
+  CHECK(t.model.moa.base == ActivationFn::gelu);
   CHECK_FALSE(t.optim.weight_decay_scales.input);  // explicit beats unified
   const nlohmann::json j = to_json(t);
   CHECK(parse_spec(j, "x") == t);
@@ -67,14 +67,14 @@ TEST_CASE("option keys default to the baseline and round-trip", "[options][spec]
 TEST_CASE("unified sets defaults that explicit keys override", "[options][spec]") {
   const ExperimentSpec u = parse_spec(with({"model.norm.unified=true"}), "x");
   CHECK(u.model.norm.branch_scales);
-  CHECK(u.model.norm.scale_placement == "both");
-  CHECK(u.model.norm.reparam == "magnitude_direction");
+  CHECK(u.model.norm.scale_placement == ScalePlacement::both);
+  CHECK(u.model.norm.reparam == ScaleReparam::magnitude_direction);
   CHECK(u.optim.weight_decay_scales.input);
   CHECK_FALSE(u.optim.weight_decay_scales.output);
   const ModelSpec m = model({"model.norm.unified=true", "model.norm.scale_placement=input", "model.norm.reparam=none"});
   CHECK(m.norm.branch_scales);
-  CHECK(m.norm.scale_placement == "input");
-  CHECK(m.norm.reparam == "none");
+  CHECK(m.norm.scale_placement == ScalePlacement::input);
+  CHECK(m.norm.reparam == ScaleReparam::none);
 }
 
 TEST_CASE("option keys are strict and errors name the path", "[options][spec]") {
@@ -198,7 +198,7 @@ TEST_CASE("the ablation specs parse and each differs from the baseline", "[optio
     if (entry.path().extension() != ".json") continue;
     INFO(entry.path().string());
     const ExperimentSpec s = load_spec(entry.path().string());
-    CHECK(s.training.device == "cpu");
+    CHECK(s.training.device == DeviceKind::cpu);
     CHECK(parse_spec(to_json(s), "x") == s);
     if (entry.path().filename() != "baseline.json") {
       CHECK((s.model != base.model || s.optim != base.optim));

@@ -60,19 +60,19 @@ struct TempFile {
 TEST_CASE("the default spec parses and resolves", "[spec]") {
   const pt::ExperimentSpec s = pt::parse_spec(pt::default_spec_json(), "default");
   CHECK(s.name == "default");
-  CHECK(s.model.preset == "llama");
+  CHECK(s.model.preset == pt::Preset::llama);
   CHECK(s.model.vocab_size == 64);
   CHECK(s.model.d_model == 64);
   CHECK(s.model.n_heads == 4);
   CHECK(s.model.n_kv_heads == 2);
   CHECK(s.model.ffn_hidden == 176);  // 8 * ceil(floor(8 * 64 / 3) / 8)
-  CHECK(s.data.source == "synthetic");
-  CHECK(s.training.device == "cpu");
-  CHECK(s.training.precision == "fp32");
+  CHECK(s.data.source == pt::DataSource::synthetic);
+  CHECK(s.training.device == pt::DeviceKind::cpu);
+  CHECK(s.training.precision == pt::Precision::fp32);
   CHECK(s.training.micro_batch == 16);
   CHECK(s.training.grad_accum == 1);
   CHECK(s.optim.lr == 3e-3);
-  CHECK(s.schedule.type == "cosine");
+  CHECK(s.schedule.type == pt::ScheduleType::cosine);
   CHECK(s.schedule.warmup_steps == 30);
   CHECK(s.checkpoint.every == 200);
   CHECK(s.checkpoint.keep_last == 2);
@@ -83,20 +83,20 @@ TEST_CASE("the default spec parses and resolves", "[spec]") {
 TEST_CASE("presets set the defaults of keys that are not given", "[spec]") {
   SECTION("llama") {
     const pt::ModelSpec m = pt::parse_spec(default_with({"model.preset=llama"}), "x").model;
-    CHECK(m.norm.type == "rmsnorm");
-    CHECK(m.norm.scale == "vector");
-    CHECK(m.activation == "swiglu");
-    CHECK(m.position == "rope");
+    CHECK(m.norm.type == pt::NormType::rmsnorm);
+    CHECK(m.norm.scale == pt::NormScale::vector);
+    CHECK(m.activation == pt::Activation::swiglu);
+    CHECK(m.position == pt::PositionEncoding::rope);
     CHECK_FALSE(m.bias);
     CHECK_FALSE(m.tied_embeddings);
     CHECK(m.ffn_hidden == 176);
   }
   SECTION("gpt2") {
     const pt::ModelSpec m = pt::parse_spec(default_with({"model.preset=gpt2", "model.n_kv_heads=0"}), "x").model;
-    CHECK(m.norm.type == "layernorm");
-    CHECK(m.norm.scale == "vector");
-    CHECK(m.activation == "gelu_tanh");
-    CHECK(m.position == "learned");
+    CHECK(m.norm.type == pt::NormType::layernorm);
+    CHECK(m.norm.scale == pt::NormScale::vector);
+    CHECK(m.activation == pt::Activation::gelu_tanh);
+    CHECK(m.position == pt::PositionEncoding::learned);
     CHECK(m.bias);
     CHECK(m.tied_embeddings);
     CHECK(m.ffn_hidden == 4 * 64);
@@ -116,11 +116,11 @@ TEST_CASE("explicit keys override the preset", "[spec]") {
                                    "model.norm.type=rmsnorm", "model.tied_embeddings=false", "model.ffn_hidden=100"}),
                      "x")
           .model;
-  CHECK(m.activation == "relu2");
-  CHECK(m.position == "rope");
+  CHECK(m.activation == pt::Activation::relu2);
+  CHECK(m.position == pt::PositionEncoding::rope);
   CHECK_FALSE(m.bias);
-  CHECK(m.norm.type == "rmsnorm");
-  CHECK(m.norm.scale == "vector");  // still the preset's
+  CHECK(m.norm.type == pt::NormType::rmsnorm);
+  CHECK(m.norm.scale == pt::NormScale::vector);  // still the preset's
   CHECK_FALSE(m.tied_embeddings);
   CHECK(m.ffn_hidden == 100);
 }
@@ -237,7 +237,7 @@ TEST_CASE("cross-field rules name the keys involved", "[spec]") {
   CHECK(contains(spec_error(default_with({"data.source=shards"})), "data.source \"shards\" requires data.train"));
   CHECK(contains(spec_error(default_with({"training.precision=bf16"})),
                  "training.precision \"bf16\" requires training.device \"cuda\""));
-  CHECK(pt::parse_spec(default_with({"training.precision=bf16", "training.device=cuda"}), "x").training.precision == "bf16");
+  CHECK(pt::parse_spec(default_with({"training.precision=bf16", "training.device=cuda"}), "x").training.precision == pt::Precision::bf16);
   CHECK(contains(spec_error(default_with({"data.synthetic.support=65"})),
                  "data.synthetic.support (65) must not exceed model.vocab_size (64)"));
   CHECK(contains(spec_error(default_with({"training.micro_batch=16777216", "training.grad_accum=16777216", "model.seq_len=16777216"})), "too large"));
@@ -325,12 +325,12 @@ TEST_CASE("the shipped configs parse", "[spec]") {
   for (const char* name : {"default.json", "llama-tiny.json", "gpt2-tiny.json"}) {
     INFO(name);
     const pt::ExperimentSpec s = pt::load_spec(config_path(name));
-    CHECK(s.training.device == "cpu");
-    CHECK(s.data.source == "synthetic");
+    CHECK(s.training.device == pt::DeviceKind::cpu);
+    CHECK(s.data.source == pt::DataSource::synthetic);
     CHECK(pt::parse_spec(pt::to_json(s), "x") == s);
   }
-  CHECK(pt::load_spec(config_path("gpt2-tiny.json")).model.preset == "gpt2");
-  CHECK(pt::load_spec(config_path("llama-tiny.json")).model.preset == "llama");
+  CHECK(pt::load_spec(config_path("gpt2-tiny.json")).model.preset == pt::Preset::gpt2);
+  CHECK(pt::load_spec(config_path("llama-tiny.json")).model.preset == pt::Preset::llama);
 }
 
 TEST_CASE("the embedded default equals configs/default.json", "[spec]") {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 
 #include "core/io/checkpoint.h"
@@ -37,6 +38,25 @@ std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
   std::ifstream in(run_dir / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
   return lines;
+}
+
+// Rewrites the meta of a written checkpoint: a stand-in for one written by an older or a newer build.
+void edit_meta(const fs::path& file, const std::function<void(nlohmann::json&)>& edit) {
+  ckpt::Checkpoint ck = ckpt::read_checkpoint(file);
+  edit(ck.meta);
+  ckpt::write_checkpoint(file, ck);
+}
+
+// The message of the std::runtime_error that `f` throws (fails the test if it throws none).
+template <typename F>
+std::string runtime_error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  FAIL("expected a std::runtime_error");
+  return {};
 }
 
 std::vector<double> train_losses(const fs::path& run_dir) {
@@ -99,16 +119,16 @@ TEST_CASE("learning-rate schedules", "[optim]") {
   ScheduleSpec s;
   s.warmup_steps = 10;
   s.min_lr_ratio = 0.1;
-  s.type = "cosine";
+  s.type = ScheduleType::cosine;
   CHECK(learning_rate(o, s, 0, 110) == Approx(0.1));
   CHECK(learning_rate(o, s, 9, 110) == Approx(1.0));
   CHECK(learning_rate(o, s, 60, 110) == Approx(0.55));
   CHECK(learning_rate(o, s, 110, 110) == Approx(0.1));
-  s.type = "linear";
+  s.type = ScheduleType::linear;
   CHECK(learning_rate(o, s, 60, 110) == Approx(0.55));
-  s.type = "constant";
+  s.type = ScheduleType::constant;
   CHECK(learning_rate(o, s, 100, 110) == Approx(1.0));
-  s.type = "wsd";
+  s.type = ScheduleType::wsd;
   s.decay_fraction = 0.5;  // decay over steps 55..110
   CHECK(learning_rate(o, s, 50, 110) == Approx(1.0));
   CHECK(learning_rate(o, s, 109, 110) == Approx(0.1));
@@ -476,5 +496,86 @@ TEST_CASE("resume with metrics but no checkpoint (killed before the first one) s
   CHECK(result.start_step == 0);
   CHECK(result.final_step == 4);
   CHECK(train_losses(dir).size() == 4);  // the stale line is gone
+  fs::remove_all(dir);
+}
+
+TEST_CASE("resume compares the model semantically: keys missing from an older checkpoint's spec take their defaults", "[e2e][resume]") {
+  const fs::path straight = fresh_dir("old_spec_straight"), dir = fresh_dir("old_spec");
+  const std::vector<std::string> overrides{"training.steps=6", "schedule.warmup_steps=2", "checkpoint.every=3"};
+  TrainOptions options;
+  options.quiet = true;
+  options.run_dir = straight;
+  train(spec_with(overrides), options);
+  options.run_dir = dir;
+  options.stop_at_step = 3;
+  train(spec_with(overrides), options);
+  const fs::path file = ckpt::checkpoint_file(dir / "checkpoints", 3);
+  // A spec written before model.attn_gate and model.norm.qk_norm existed, by a build without format_version.
+  edit_meta(file, [](nlohmann::json& meta) {
+    meta.at("spec").at("model").erase("attn_gate");
+    meta.at("spec").at("model").at("norm").erase("qk_norm");
+    meta.erase("format_version");
+  });
+  options.resume = true;
+  options.stop_at_step = 0;
+  SECTION("the same model resumes, bit-exactly") {
+    const TrainResult result = train(spec_with(overrides), options);
+    CHECK(result.start_step == 3);
+    CHECK(result.final_step == 6);
+    CHECK(train_losses(dir) == train_losses(straight));
+  }
+  SECTION("a missing key whose default differs from the current value is a model difference naming it") {
+    std::vector<std::string> changed = overrides;
+    changed.push_back("model.norm.qk_norm=true");
+    const std::string msg = runtime_error_of([&] { train(spec_with(changed), options); });
+    CHECK(msg.find("step_00000003.ckpt") != std::string::npos);
+    CHECK(msg.find("the checkpoint's model differs from the spec") != std::string::npos);
+    CHECK(msg.find("model.norm.qk_norm (false -> true)") != std::string::npos);
+    CHECK(msg.find("attn_gate") == std::string::npos);  // equal once defaults are filled in
+  }
+  SECTION("a key this build does not know is an error naming it") {
+    edit_meta(file, [](nlohmann::json& meta) { meta.at("spec").at("model")["moe"] = {{"experts", 8}}; });
+    const std::string msg = runtime_error_of([&] { train(spec_with(overrides), options); });
+    CHECK(msg.find("step_00000003.ckpt") != std::string::npos);
+    CHECK(msg.find("model.moe: unknown key") != std::string::npos);
+  }
+  fs::remove_all(straight);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("checkpoints carry format_version: absent reads as version 1, a newer one is refused", "[e2e][resume]") {
+  const fs::path dir = fresh_dir("format_version");
+  const ExperimentSpec spec = spec_with({"training.steps=4", "schedule.warmup_steps=1"});
+  TrainOptions options;
+  options.run_dir = dir;
+  options.quiet = true;
+  options.stop_at_step = 2;
+  train(spec, options);
+  const fs::path file = ckpt::checkpoint_file(dir / "checkpoints", 2);
+  const nlohmann::json meta = ckpt::read_checkpoint(file).meta;
+  CHECK(meta.at("format_version") == kCheckpointFormatVersion);
+  CHECK(kCheckpointFormatVersion == 2);
+  CHECK(meta.at("format") == "pretrain/1");
+  options.resume = true;
+  options.stop_at_step = 0;
+  SECTION("without format_version (version 1) it loads") {
+    edit_meta(file, [](nlohmann::json& m) { m.erase("format_version"); });
+    const TrainResult result = train(spec, options);
+    CHECK(result.start_step == 2);
+    CHECK(result.final_step == 4);
+    CHECK(ckpt::read_checkpoint(ckpt::checkpoint_file(dir / "checkpoints", 4)).meta.at("format_version") == 2);
+  }
+  SECTION("format_version 99 is refused, naming the file and both versions") {
+    edit_meta(file, [](nlohmann::json& m) { m["format_version"] = 99; });
+    const std::string msg = runtime_error_of([&] { train(spec, options); });
+    CHECK(msg.find(file.string()) != std::string::npos);
+    CHECK(msg.find("format_version 99 is not supported") != std::string::npos);
+    CHECK(msg.find("format versions 1 to 2") != std::string::npos);
+    CHECK(fs::exists(file));  // left in place
+  }
+  SECTION("a format_version that is not a positive integer is refused") {
+    edit_meta(file, [](nlohmann::json& m) { m["format_version"] = "2"; });
+    CHECK_THROWS_WITH(train(spec, options), pt::test::contains("\"format_version\" is \"2\""));
+  }
   fs::remove_all(dir);
 }

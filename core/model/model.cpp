@@ -1,6 +1,7 @@
 #include "core/model/model.h"
 
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include "core/engine/autograd.h"
@@ -18,10 +19,10 @@ using Branches = std::vector<std::pair<std::string, int64_t>>;
 
 // Rows of the attention-gate logits in the fused QKV(+gate) projection.
 int64_t gate_rows(const ModelSpec& s) {
-  const std::string& pos = s.attn_gate.position;
-  if (pos == "none") return 0;
-  const int64_t heads = pos == "g2" ? s.kv_heads() : s.n_heads;
-  return s.attn_gate.granularity == "headwise" ? heads : heads * s.head_dim();
+  const GatePosition pos = s.attn_gate.position;
+  if (pos == GatePosition::none) return 0;
+  const int64_t heads = pos == GatePosition::g2 ? s.kv_heads() : s.n_heads;
+  return s.attn_gate.granularity == GateGranularity::headwise ? heads : heads * s.head_dim();
 }
 
 Branches attn_branches(const ModelSpec& s) {
@@ -37,40 +38,40 @@ Branches mlp_branches(const ModelSpec& s) {
 }
 
 int64_t dictionary_size(const ModelSpec& s) {
-  if (s.activation == "la") return static_cast<int64_t>(s.la.dictionary.size());
-  if (s.activation == "moa") return static_cast<int64_t>(s.moa.dictionary.size());
+  if (s.activation == Activation::la) return static_cast<int64_t>(s.la.dictionary.size());
+  if (s.activation == Activation::moa) return static_cast<int64_t>(s.moa.dictionary.size());
   return 0;
 }
 
 // One scale vector on the norm itself (the classic gamma).
 bool shared_scale(const ModelSpec& s) {
-  return s.norm.scale != "none" && s.norm.scale_placement != "output" && !s.norm.branch_scales;
+  return s.norm.scale != NormScale::none && s.norm.scale_placement != ScalePlacement::output && !s.norm.branch_scales;
 }
 // One input-side scale vector per branch of each projection the norm feeds.
 bool branch_input_scales(const ModelSpec& s) {
-  return s.norm.scale != "none" && s.norm.scale_placement != "output" && s.norm.branch_scales;
+  return s.norm.scale != NormScale::none && s.norm.scale_placement != ScalePlacement::output && s.norm.branch_scales;
 }
 // An output-side scale vector on the rows of a branch (none on q and k under QK-norm: that norm follows).
 bool output_scale(const ModelSpec& s, const std::string& branch) {
-  if (s.norm.scale == "none" || s.norm.scale_placement == "input") return false;
+  if (s.norm.scale == NormScale::none || s.norm.scale_placement == ScalePlacement::input) return false;
   return !(s.norm.qk_norm && (branch == "q" || branch == "k"));
 }
 
 // A scale vector of `n` entries: vector/zero_centered: one tensor; magnitude_direction: m [1] and v [n].
 void add_scale(std::vector<ParamInfo>& table, const ModelSpec& spec, const std::string& name, int64_t n, ScaleRole role) {
-  if (spec.norm.scale == "none") return;
-  if (spec.norm.reparam == "magnitude_direction") {
+  if (spec.norm.scale == NormScale::none) return;
+  if (spec.norm.reparam == ScaleReparam::magnitude_direction) {
     table.push_back({name + "_magnitude", {1}, ParamKind::norm_scale, 0.0, 1.0, role, {}});
     table.push_back({name + "_direction", {n}, ParamKind::scale_direction, 0.0, 1.0, role, {}});
     return;
   }
-  table.push_back({name, {n}, ParamKind::norm_scale, 0.0, spec.norm.scale == "zero_centered" ? 0.0 : 1.0, role, {}});
+  table.push_back({name, {n}, ParamKind::norm_scale, 0.0, spec.norm.scale == NormScale::zero_centered ? 0.0 : 1.0, role, {}});
 }
 
 void add_norm(std::vector<ParamInfo>& table, const ModelSpec& spec, const std::string& prefix) {
   const int64_t d = spec.d_model;
   if (shared_scale(spec)) add_scale(table, spec, prefix + ".weight", d, ScaleRole::input);
-  if (spec.norm.type == "layernorm" && spec.bias) table.push_back({prefix + ".bias", {d}, ParamKind::bias, 0.0, 0.0});
+  if (spec.norm.type == NormType::layernorm && spec.bias) table.push_back({prefix + ".bias", {d}, ParamKind::bias, 0.0, 0.0});
 }
 
 void add_branch_input_scales(std::vector<ParamInfo>& table, const ModelSpec& spec, const std::string& prefix,
@@ -91,22 +92,50 @@ void add_linear(std::vector<ParamInfo>& table, const ModelSpec& spec, const std:
   if (spec.bias) table.push_back({prefix + ".bias", {out}, ParamKind::bias, 0.0, 0.0});
 }
 
-int64_t index_of(const std::vector<std::string>& dictionary, const std::string& entry) {
+int64_t index_of(const std::vector<ActivationFn>& dictionary, ActivationFn entry) {
   for (size_t i = 0; i < dictionary.size(); ++i)
     if (dictionary[i] == entry) return static_cast<int64_t>(i);
-  throw std::invalid_argument("\"" + entry + "\" is not in the activation dictionary");
+  throw std::invalid_argument("\"" + std::string(to_string(entry)) + "\" is not in the activation dictionary");
 }
 
-std::vector<UnaryOp> dictionary_ops(const std::vector<std::string>& dictionary) {
+std::vector<UnaryOp> dictionary_ops(const std::vector<ActivationFn>& dictionary) {
   std::vector<UnaryOp> ops;
-  for (const std::string& name : dictionary) ops.push_back(research::dictionary_op(name));
+  for (ActivationFn fn : dictionary) ops.push_back(research::dictionary_op(fn));
   return ops;
 }
 
-GluKind glu_kind(const std::string& activation) {
-  if (activation == "swiglu") return GluKind::swiglu;
-  if (activation == "geglu") return GluKind::geglu;
-  return GluKind::reglu;
+// The GLU of a gated activation; nullopt for the others.
+std::optional<GluKind> glu_kind(Activation activation) {
+  switch (activation) {
+    case Activation::swiglu: return GluKind::swiglu;
+    case Activation::geglu: return GluKind::geglu;
+    case Activation::reglu: return GluKind::reglu;
+    case Activation::relu:
+    case Activation::gelu:
+    case Activation::gelu_tanh:
+    case Activation::silu:
+    case Activation::relu2:
+    case Activation::la:
+    case Activation::moa: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// The dictionary function of a plain (ungated, parameter-free) activation; nullopt for the others.
+std::optional<ActivationFn> plain_activation_fn(Activation activation) {
+  switch (activation) {
+    case Activation::relu: return ActivationFn::relu;
+    case Activation::gelu: return ActivationFn::gelu;
+    case Activation::gelu_tanh: return ActivationFn::gelu_tanh;
+    case Activation::silu: return ActivationFn::silu;
+    case Activation::relu2: return ActivationFn::relu2;
+    case Activation::swiglu:
+    case Activation::geglu:
+    case Activation::reglu:
+    case Activation::la:
+    case Activation::moa: return std::nullopt;
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -118,7 +147,7 @@ std::vector<ParamInfo> parameter_table(const ModelSpec& spec) {
   const int64_t G = gate_rows(spec), K = dictionary_size(spec);
   std::vector<ParamInfo> table;
   table.push_back({"embed.weight", {spec.vocab_size, d}, ParamKind::embedding, std, 0.0});
-  if (spec.position == "learned") table.push_back({"pos_embed.weight", {spec.seq_len, d}, ParamKind::embedding, std, 0.0});
+  if (spec.position == PositionEncoding::learned) table.push_back({"pos_embed.weight", {spec.seq_len, d}, ParamKind::embedding, std, 0.0});
   for (int64_t l = 0; l < spec.n_layers; ++l) {
     const std::string p = "blocks." + std::to_string(l);
     // attention: norm, branch scales, QK-norm scales, the fused QKV(+gate) projection, output projection
@@ -141,32 +170,32 @@ std::vector<ParamInfo> parameter_table(const ModelSpec& spec) {
     const int64_t up_rows = spec.gated_activation() ? 2 * spec.ffn_hidden : spec.ffn_hidden;
     add_linear(table, spec, p + ".mlp.up", up_rows, d, std);
     add_branch_output_scales(table, spec, p + ".mlp", mb);
-    if (spec.activation == "la") {
+    if (spec.activation == Activation::la) {
       std::vector<double> onehot(size_t(K), 0.0);
       onehot[size_t(index_of(spec.la.dictionary, spec.la.base))] = 1.0;
-      const Shape shape = spec.la.granularity == "channel" ? Shape{K, spec.ffn_hidden} : Shape{K};
+      const Shape shape = spec.la.granularity == LaGranularity::channel ? Shape{K, spec.ffn_hidden} : Shape{K};
       table.push_back({p + ".mlp.act.coef", shape, ParamKind::coefficient, 0.0, 0.0, ScaleRole::none, onehot});
     }
-    if (spec.activation == "moa") {
+    if (spec.activation == Activation::moa) {
       const Branches rb{{"router", K}};
       add_branch_input_scales(table, spec, p + ".mlp", rb);
       table.push_back({p + ".mlp.router.weight", {K, d}, ParamKind::matrix, 0.0, 0.0});
       std::vector<double> logits(size_t(K), 0.0);
-      if (spec.moa.init == "bias") {
+      if (spec.moa.init == MoaInit::bias) {
         const double L = spec.moa.init_logit;
-        for (double& v : logits) v = spec.moa.gate == "sigmoid" ? -L : 0.0;
+        for (double& v : logits) v = spec.moa.gate == MoaGate::sigmoid ? -L : 0.0;
         logits[size_t(index_of(spec.moa.dictionary, spec.moa.base))] = L;
       }
       table.push_back({p + ".mlp.router.bias", {K}, ParamKind::bias, 0.0, 0.0, ScaleRole::none, logits});
       add_branch_output_scales(table, spec, p + ".mlp", rb);
-      if (spec.moa.init == "exact") table.push_back({p + ".mlp.moa.blend", {1}, ParamKind::coefficient, 0.0, 0.0});
+      if (spec.moa.init == MoaInit::exact) table.push_back({p + ".mlp.moa.blend", {1}, ParamKind::coefficient, 0.0, 0.0});
     }
     add_linear(table, spec, p + ".mlp.down", d, spec.ffn_hidden, out_std);
   }
   // final norm: one branch (the LM head), so its input-side scale is always the norm's own
-  if (spec.norm.scale != "none" && spec.norm.scale_placement != "output")
+  if (spec.norm.scale != NormScale::none && spec.norm.scale_placement != ScalePlacement::output)
     add_scale(table, spec, "final_norm.weight", d, ScaleRole::input);
-  if (spec.norm.type == "layernorm" && spec.bias) table.push_back({"final_norm.bias", {d}, ParamKind::bias, 0.0, 0.0});
+  if (spec.norm.type == NormType::layernorm && spec.bias) table.push_back({"final_norm.bias", {d}, ParamKind::bias, 0.0, 0.0});
   if (!spec.tied_embeddings) table.push_back({"lm_head.weight", {spec.vocab_size, d}, ParamKind::matrix, std, 0.0});
   if (output_scale(spec, "lm_head")) add_scale(table, spec, "lm_head.out_scale", spec.vocab_size, ScaleRole::output);
   return table;
@@ -194,24 +223,24 @@ Tensor Transformer::maybe_param(const std::string& name) const {
 }
 
 Tensor Transformer::scale_value(const std::string& name) const {
-  if (spec_.norm.reparam == "magnitude_direction") {
+  if (spec_.norm.reparam == ScaleReparam::magnitude_direction) {
     const Tensor m = maybe_param(name + "_magnitude");
     return m.defined() ? research::magnitude_direction(m, use(name + "_direction")) : Tensor();
   }
   const Tensor g = maybe_param(name);
-  if (g.defined() && spec_.norm.scale == "zero_centered") return ops::add_scalar(g, 1.0);
+  if (g.defined() && spec_.norm.scale == NormScale::zero_centered) return ops::add_scalar(g, 1.0);
   return g;
 }
 
 Tensor Transformer::norm(const Tensor& x, const std::string& prefix) const {
   const Tensor weight = scale_value(prefix + ".weight");
-  if (spec_.norm.type == "layernorm") return ops::layer_norm(x, weight, maybe_param(prefix + ".bias"), spec_.norm.eps);
+  if (spec_.norm.type == NormType::layernorm) return ops::layer_norm(x, weight, maybe_param(prefix + ".bias"), spec_.norm.eps);
   return ops::rms_norm(x, weight, spec_.norm.eps);
 }
 
 std::pair<Tensor, Tensor> Transformer::add_norm(const Tensor& x, const Tensor& residual,
                                                const std::string& prefix) const {
-  if (spec_.norm.type == "layernorm") {
+  if (spec_.norm.type == NormType::layernorm) {
     const Tensor sum = ops::add(x, residual);
     return {sum, norm(sum, prefix)};
   }
@@ -220,7 +249,7 @@ std::pair<Tensor, Tensor> Transformer::add_norm(const Tensor& x, const Tensor& r
 }
 
 std::pair<Tensor, Tensor> Transformer::norm_fork(const Tensor& x, const std::string& prefix) const {
-  if (spec_.norm.type == "layernorm") return {x, norm(x, prefix)};
+  if (spec_.norm.type == NormType::layernorm) return {x, norm(x, prefix)};
   const std::vector<Tensor> out = ops::rms_norm_fork(x, scale_value(prefix + ".weight"), spec_.norm.eps);
   return {out[0], out[1]};
 }
@@ -259,20 +288,20 @@ Tensor Transformer::attention(const Tensor& x, const std::string& prefix) const 
   Tensor k = ops::reshape(parts[1], {B, T, hkv, hd});
   Tensor v = ops::reshape(parts[2], {B, T, hkv, hd});
   const Tensor gate_logits = G > 0 ? parts[3] : Tensor();
-  const std::string& position = spec_.attn_gate.position;
+  const GatePosition position = spec_.attn_gate.position;
   if (spec_.norm.qk_norm) {
     q = norm_over_last(q, prefix + ".q_norm");
     k = norm_over_last(k, prefix + ".k_norm");
   }
-  if (spec_.position == "rope") {
+  if (spec_.position == PositionEncoding::rope) {
     q = ops::rope(q, spec_.rope_theta);
     k = ops::rope(k, spec_.rope_theta);
   }
-  if (position == "g2") v = research::apply_head_gate(v, gate_logits);
+  if (position == GatePosition::g2) v = research::apply_head_gate(v, gate_logits);
   Tensor y = ops::causal_attention(q, k, v);
-  if (position == "g1") y = research::apply_head_gate(y, gate_logits);
+  if (position == GatePosition::g1) y = research::apply_head_gate(y, gate_logits);
   Tensor out = ops::linear(ops::reshape(y, {B, T, hq * hd}), use(prefix + ".out.weight"), maybe_param(prefix + ".out.bias"));
-  if (position == "g5")
+  if (position == GatePosition::g5)
     out = ops::reshape(research::apply_head_gate(ops::reshape(out, {B, T, hq, hd}), gate_logits), {B, T, spec_.d_model});
   if (diag_) {
     diag_->sink.push_back(research::attention_sink_share(q, k));
@@ -283,7 +312,7 @@ Tensor Transformer::attention(const Tensor& x, const std::string& prefix) const 
 
 Tensor Transformer::norm_over_last(const Tensor& x, const std::string& prefix) const {
   const Tensor weight = scale_value(prefix + ".weight");
-  if (spec_.norm.type == "layernorm") return ops::layer_norm(x, weight, Tensor(), spec_.norm.eps);
+  if (spec_.norm.type == NormType::layernorm) return ops::layer_norm(x, weight, Tensor(), spec_.norm.eps);
   return ops::rms_norm(x, weight, spec_.norm.eps);
 }
 
@@ -293,17 +322,17 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix, const Tensor
   const std::vector<Tensor> gate_up = project(x, prefix + ".up", prefix, mlp_branches(spec_), maybe_param(prefix + ".up.bias"));
   Tensor h = gate_up[0];
   Tensor up = gated ? gate_up.at(1) : Tensor();
-  const std::string& act = spec_.activation;
-  if (act == "la") {
+  const Activation act = spec_.activation;
+  if (act == Activation::la) {
     h = research::learnable_activation(h, dictionary_ops(spec_.la.dictionary), use(prefix + ".act.coef"));
     if (gated) h = ops::mul(h, up);
-  } else if (act == "moa") {
+  } else if (act == Activation::moa) {
     const int64_t K = dictionary_size(spec_);
     const Tensor logits = project(x, prefix + ".router", prefix, {{"router", K}}, use(prefix + ".router.bias"))[0];
-    const Tensor alpha = research::moa_gate(logits, spec_.moa.gate == "sigmoid");
+    const Tensor alpha = research::moa_gate(logits, spec_.moa.gate == MoaGate::sigmoid);
     const std::vector<UnaryOp> dictionary = dictionary_ops(spec_.moa.dictionary);
     Tensor mixed = research::mixture_of_activations(h, dictionary, alpha);
-    if (spec_.moa.init == "exact") {  // phi_base + s * (mixture - phi_base), s starts at 0
+    if (spec_.moa.init == MoaInit::exact) {  // phi_base + s * (mixture - phi_base), s starts at 0
       const UnaryOp base = research::dictionary_op(spec_.moa.base);
       const Tensor phi_base = base == UnaryOp::identity ? h : ops::unary(base, h);
       mixed = ops::add(phi_base, ops::mul(ops::sub(mixed, phi_base), use(prefix + ".moa.blend")));
@@ -328,9 +357,9 @@ Tensor Transformer::mlp(const Tensor& x, const std::string& prefix, const Tensor
       diag_->entropy.push_back(entropy);
     }
   } else if (gated) {
-    h = ops::glu(glu_kind(act), h, up);
+    h = ops::glu(glu_kind(act).value(), h, up);
   } else {
-    h = ops::unary(research::dictionary_op(act), h);
+    h = ops::unary(research::dictionary_op(plain_activation_fn(act).value()), h);
   }
   if (residual.defined()) return ops::linear_residual(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"), residual);
   return ops::linear(h, use(prefix + ".down.weight"), maybe_param(prefix + ".down.bias"));
@@ -353,7 +382,7 @@ nlohmann::json Transformer::diagnostics(const Tensor& tokens) const {
     j["moa_alpha_mean"] = d.alpha_mean;
     j["moa_gate_entropy"] = d.entropy;
   }
-  if (spec_.activation == "la") {
+  if (spec_.activation == Activation::la) {
     std::vector<std::vector<double>> coefs;
     const int64_t K = dictionary_size(spec_);
     for (int64_t l = 0; l < spec_.n_layers; ++l) {
@@ -372,7 +401,7 @@ Tensor Transformer::hidden(const Tensor& tokens) const {
   if (tokens.ndim() != 2)
     throw std::invalid_argument("Transformer: tokens must be [batch, seq], got " + shape_str(tokens.shape()));
   const int64_t T = tokens.size(1);
-  if (T > spec_.seq_len && spec_.position == "learned")
+  if (T > spec_.seq_len && spec_.position == PositionEncoding::learned)
     throw std::invalid_argument("Transformer: sequence of " + std::to_string(T) + " tokens exceeds model.seq_len " +
                                 std::to_string(spec_.seq_len));
   // Embeddings gather rows of the master table and cast only those rows to the compute dtype
@@ -382,7 +411,7 @@ Tensor Transformer::hidden(const Tensor& tokens) const {
     return execution_.compute_dtype ? ops::cast(t, *execution_.compute_dtype) : t;
   };
   Tensor h = to_compute(ops::embedding(tokens, param("embed.weight")));
-  if (spec_.position == "learned") {
+  if (spec_.position == PositionEncoding::learned) {
     const Tensor& table = param("pos_embed.weight");
     // Positions 0..T-1 are uploaded once and kept: a host-to-device copy synchronises the device.
     if (!positions_.defined() || positions_.numel() != T || positions_.device() != table.device()) {
@@ -429,8 +458,8 @@ Tensor Transformer::loss(const Tensor& tokens, const Tensor& targets, int64_t nu
 
 ExecutionOptions execution_options(const TrainingSpec& training) {
   ExecutionOptions options;
-  if (training.precision == "bf16") options.compute_dtype = DType::bf16;
-  options.recompute_blocks = training.recompute == "full";
+  if (training.precision == Precision::bf16) options.compute_dtype = DType::bf16;
+  options.recompute_blocks = training.recompute == Recompute::full;
   options.loss_chunk_rows = training.loss_chunk_rows;
   return options;
 }

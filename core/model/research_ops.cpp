@@ -9,15 +9,17 @@
 
 namespace pt::research {
 
-UnaryOp dictionary_op(const std::string& name) {
-  if (name == "relu") return UnaryOp::relu;
-  if (name == "gelu") return UnaryOp::gelu_erf;
-  if (name == "gelu_tanh") return UnaryOp::gelu_tanh;
-  if (name == "silu") return UnaryOp::silu;
-  if (name == "relu2") return UnaryOp::relu2;
-  if (name == "tanh") return UnaryOp::tanh;
-  if (name == "identity") return UnaryOp::identity;
-  throw std::invalid_argument("unknown activation dictionary entry \"" + name + "\"");
+UnaryOp dictionary_op(ActivationFn fn) {
+  switch (fn) {
+    case ActivationFn::relu: return UnaryOp::relu;
+    case ActivationFn::gelu: return UnaryOp::gelu_erf;
+    case ActivationFn::gelu_tanh: return UnaryOp::gelu_tanh;
+    case ActivationFn::silu: return UnaryOp::silu;
+    case ActivationFn::relu2: return UnaryOp::relu2;
+    case ActivationFn::tanh: return UnaryOp::tanh;
+    case ActivationFn::identity: return UnaryOp::identity;
+  }
+  throw std::invalid_argument("unknown activation dictionary entry " + std::to_string(static_cast<int>(fn)));
 }
 
 Tensor magnitude_direction(const Tensor& m, const Tensor& v) {

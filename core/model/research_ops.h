@@ -11,11 +11,12 @@
 
 #include "core/engine/backend.h"
 #include "core/engine/tensor.h"
+#include "core/spec/choices.h"
 
 namespace pt::research {
 
-// The unary op behind a dictionary entry (relu, gelu, gelu_tanh, silu, relu2, tanh, identity).
-UnaryOp dictionary_op(const std::string& name);
+// The unary op behind a dictionary entry (gelu is the exact erf GELU).
+UnaryOp dictionary_op(ActivationFn fn);
 
 // Magnitude-direction scale: g = m * v / ||v||_2 * sqrt(n), m [1] (or []), v [n]. g = 1 when m = 1, v = 1.
 Tensor magnitude_direction(const Tensor& m, const Tensor& v);

@@ -21,26 +21,6 @@ namespace {
 using json = nlohmann::json;
 using Choices = std::span<const std::string_view>;
 
-constexpr std::string_view kPresets[] = {"llama", "gpt2"};
-constexpr std::string_view kNormTypes[] = {"rmsnorm", "layernorm"};
-constexpr std::string_view kNormScales[] = {"none", "vector", "zero_centered"};
-constexpr std::string_view kActivations[] = {"relu", "gelu", "gelu_tanh", "silu", "relu2", "swiglu", "geglu", "reglu", "la", "moa"};
-constexpr std::string_view kDictionaryEntries[] = {"relu", "gelu", "gelu_tanh", "silu", "relu2", "tanh", "identity"};
-constexpr std::string_view kScalePlacements[] = {"input", "output", "both"};
-constexpr std::string_view kReparams[] = {"none", "magnitude_direction"};
-constexpr std::string_view kGranularities[] = {"layer", "channel"};
-constexpr std::string_view kMoaGates[] = {"softmax", "sigmoid"};
-constexpr std::string_view kMoaInits[] = {"bias", "exact"};
-constexpr std::string_view kGatePositions[] = {"none", "g1", "g2", "g5"};
-constexpr std::string_view kGateGranularities[] = {"headwise", "elementwise"};
-constexpr std::string_view kPositions[] = {"rope", "learned", "none"};
-constexpr std::string_view kOptimizers[] = {"adamw"};
-constexpr std::string_view kSchedules[] = {"constant", "cosine", "linear", "wsd"};
-constexpr std::string_view kDataSources[] = {"synthetic", "shards"};
-constexpr std::string_view kDevices[] = {"cpu", "cuda"};
-constexpr std::string_view kPrecisions[] = {"fp32", "bf16"};
-constexpr std::string_view kRecompute[] = {"none", "full"};
-
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 constexpr int64_t kMaxDim = int64_t{1} << 24;  // bound on sizes, so derived sizes cannot overflow
 constexpr int64_t kMaxVocab = std::numeric_limits<int32_t>::max();  // token ids are int32
@@ -179,31 +159,23 @@ class ObjectReader {
     }
   }
 
-  void read_choice(std::string_view key, std::string& out, Choices choices) {
-    if (const json* v = find(key)) {
-      if (!v->is_string()) wrong(key, *v, "one of " + join(choices));
-      const std::string s = v->get<std::string>();
-      if (std::find(choices.begin(), choices.end(), s) == choices.end()) {
-        fail(source_, path_of(key), show(*v) + " is not one of " + join(choices) + suggestion(s, choices));
-      }
-      out = s;
-    }
+  // A string naming a value of E (its table: core/spec/choices.h).
+  template <Choice E>
+  void read_choice(std::string_view key, E& out) {
+    if (const json* v = find(key)) out = choice_of<E>(*v, path_of(key));
   }
 
-  // A non-empty array of distinct strings, each one of `choices`.
-  void read_choice_list(std::string_view key, std::vector<std::string>& out, Choices choices) {
+  // A non-empty array of distinct strings, each naming a value of E.
+  template <Choice E>
+  void read_choice_list(std::string_view key, std::vector<E>& out) {
     if (const json* v = find(key)) {
-      if (!v->is_array() || v->empty()) wrong(key, *v, "a non-empty array of " + join(choices));
-      std::vector<std::string> items;
+      if (!v->is_array() || v->empty()) wrong(key, *v, "a non-empty array of " + join(choice_names<E>()));
+      std::vector<E> items;
       for (size_t i = 0; i < v->size(); ++i) {
-        const json& e = (*v)[i];
         const std::string at = path_of(key) + "[" + std::to_string(i) + "]";
-        if (!e.is_string()) fail(source_, at, "expected one of " + join(choices) + ", got " + show(e) + " (" + e.type_name() + ")");
-        const std::string str = e.get<std::string>();
-        if (std::find(choices.begin(), choices.end(), str) == choices.end())
-          fail(source_, at, show(e) + " is not one of " + join(choices) + suggestion(str, choices));
-        if (std::find(items.begin(), items.end(), str) != items.end()) fail(source_, at, show(e) + " appears twice");
-        items.push_back(str);
+        const E item = choice_of<E>((*v)[i], at);
+        if (std::find(items.begin(), items.end(), item) != items.end()) fail(source_, at, show((*v)[i]) + " appears twice");
+        items.push_back(item);
       }
       out = items;
     }
@@ -261,6 +233,17 @@ class ObjectReader {
     return it == object_->end() ? nullptr : &*it;
   }
 
+  // The value of E that `v` (at `at`) names; an error listing the names (and a close one) otherwise.
+  template <Choice E>
+  E choice_of(const json& v, const std::string& at) const {
+    const std::vector<std::string_view> names = choice_names<E>();
+    if (!v.is_string()) fail(source_, at, "expected one of " + join(names) + ", got " + show(v) + " (" + v.type_name() + ")");
+    const std::string s = v.get<std::string>();
+    const std::optional<E> value = choice_from_string<E>(s);
+    if (!value) fail(source_, at, show(v) + " is not one of " + join(names) + suggestion(s, names));
+    return *value;
+  }
+
   std::string path_of(std::string_view key) const { return path_.empty() ? std::string(key) : path_ + "." + std::string(key); }
 
   // The JSON type is named unless `type_ok` (a number of the right kind, but out of range).
@@ -278,14 +261,14 @@ class ObjectReader {
 // ------------------------------------------------------------------ sections
 
 // A model with the preset's defaults for every preset-dependent key.
-ModelSpec preset_model(const std::string& preset) {
-  const bool gpt2 = preset == "gpt2";
+ModelSpec preset_model(Preset preset) {
+  const bool gpt2 = preset == Preset::gpt2;
   ModelSpec m;
   m.preset = preset;
-  m.norm.type = gpt2 ? "layernorm" : "rmsnorm";
-  m.norm.scale = "vector";
-  m.activation = gpt2 ? "gelu_tanh" : "swiglu";
-  m.position = gpt2 ? "learned" : "rope";
+  m.norm.type = gpt2 ? NormType::layernorm : NormType::rmsnorm;
+  m.norm.scale = NormScale::vector;
+  m.activation = gpt2 ? Activation::gelu_tanh : Activation::swiglu;
+  m.position = gpt2 ? PositionEncoding::learned : PositionEncoding::rope;
   m.bias = gpt2;
   m.tied_embeddings = gpt2;
   return m;
@@ -293,15 +276,15 @@ ModelSpec preset_model(const std::string& preset) {
 
 // ffn_hidden when not given: gpt2 4 d; llama 8/3 d rounded up to a multiple of 8 (as in the Llama code).
 int64_t preset_ffn_hidden(const ModelSpec& m) {
-  if (m.preset == "gpt2") return 4 * m.d_model;
+  if (m.preset == Preset::gpt2) return 4 * m.d_model;
   constexpr int64_t multiple_of = 8;
   const int64_t hidden = 8 * m.d_model / 3;
   return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
 }
 
 ModelSpec parse_model(ObjectReader r) {
-  std::string preset = "llama";
-  r.read_choice("preset", preset, kPresets);
+  Preset preset = Preset::llama;
+  r.read_choice("preset", preset);
   ModelSpec m = preset_model(preset);
   r.read("vocab_size", m.vocab_size, 1, kMaxVocab);
   r.read("seq_len", m.seq_len, 1, kMaxDim);
@@ -311,52 +294,55 @@ ModelSpec parse_model(ObjectReader r) {
   r.read("n_kv_heads", m.n_kv_heads, 0, kMaxDim);
   r.read("ffn_hidden", m.ffn_hidden, 0, kMaxDim);
   ObjectReader norm = r.child("norm");
-  norm.read_choice("type", m.norm.type, kNormTypes);
-  norm.read_choice("scale", m.norm.scale, kNormScales);
+  norm.read_choice("type", m.norm.type);
+  norm.read_choice("scale", m.norm.scale);
   norm.read("eps", m.norm.eps, kPositive);
   norm.read("unified", m.norm.unified);
   if (m.norm.unified) {  // defaults of the unified strategy; explicit keys below still win
     m.norm.branch_scales = true;
-    m.norm.scale_placement = "both";
-    m.norm.reparam = "magnitude_direction";
+    m.norm.scale_placement = ScalePlacement::both;
+    m.norm.reparam = ScaleReparam::magnitude_direction;
   }
   norm.read("branch_scales", m.norm.branch_scales);
-  norm.read_choice("scale_placement", m.norm.scale_placement, kScalePlacements);
-  norm.read_choice("reparam", m.norm.reparam, kReparams);
+  norm.read_choice("scale_placement", m.norm.scale_placement);
+  norm.read_choice("reparam", m.norm.reparam);
   norm.read("qk_norm", m.norm.qk_norm);
   norm.reject_unknown();
-  r.read_choice("activation", m.activation, kActivations);
-  // The base entry defaults to the dictionary's first; it must be in the dictionary.
-  const auto resolve_base = [](ObjectReader& sub, std::string& base, const std::vector<std::string>& dictionary) {
-    if (base.empty()) base = dictionary.front();
-    if (std::find(dictionary.begin(), dictionary.end(), base) == dictionary.end()) {
+  r.read_choice("activation", m.activation);
+  // The base entry ("" or absent: the dictionary's first) must be in the dictionary.
+  const auto resolve_base = [](ObjectReader& sub, const std::string& name, const std::vector<ActivationFn>& dictionary) {
+    if (name.empty()) return dictionary.front();
+    const std::optional<ActivationFn> base = choice_from_string<ActivationFn>(name);
+    if (!base || std::find(dictionary.begin(), dictionary.end(), *base) == dictionary.end()) {
       std::string list;
-      for (const auto& d : dictionary) list += (list.empty() ? "" : ", ") + d;
-      sub.fail_at("base", quote(base) + " is not in the dictionary (" + list + ")");
+      for (ActivationFn d : dictionary) list += (list.empty() ? "" : ", ") + std::string(to_string(d));
+      sub.fail_at("base", quote(name) + " is not in the dictionary (" + list + ")");
     }
+    return *base;
   };
+  std::string la_base, moa_base;
   ObjectReader la = r.child("la");
-  la.read_choice_list("dictionary", m.la.dictionary, kDictionaryEntries);
-  la.read_choice("granularity", m.la.granularity, kGranularities);
-  la.read("base", m.la.base);
+  la.read_choice_list("dictionary", m.la.dictionary);
+  la.read_choice("granularity", m.la.granularity);
+  la.read("base", la_base);
   la.read("gated", m.la.gated);
   la.reject_unknown();
-  resolve_base(la, m.la.base, m.la.dictionary);
+  m.la.base = resolve_base(la, la_base, m.la.dictionary);
   ObjectReader moa = r.child("moa");
-  moa.read_choice_list("dictionary", m.moa.dictionary, kDictionaryEntries);
-  moa.read_choice("gate", m.moa.gate, kMoaGates);
-  moa.read("base", m.moa.base);
+  moa.read_choice_list("dictionary", m.moa.dictionary);
+  moa.read_choice("gate", m.moa.gate);
+  moa.read("base", moa_base);
   moa.read("gated", m.moa.gated);
-  moa.read_choice("init", m.moa.init, kMoaInits);
+  moa.read_choice("init", m.moa.init);
   moa.read("init_logit", m.moa.init_logit, kNonNegative);
   moa.reject_unknown();
-  resolve_base(moa, m.moa.base, m.moa.dictionary);
+  m.moa.base = resolve_base(moa, moa_base, m.moa.dictionary);
   ObjectReader gate = r.child("attn_gate");
-  gate.read_choice("position", m.attn_gate.position, kGatePositions);
-  gate.read_choice("granularity", m.attn_gate.granularity, kGateGranularities);
+  gate.read_choice("position", m.attn_gate.position);
+  gate.read_choice("granularity", m.attn_gate.granularity);
   gate.read("bias", m.attn_gate.bias);
   gate.reject_unknown();
-  r.read_choice("position", m.position, kPositions);
+  r.read_choice("position", m.position);
   r.read("rope_theta", m.rope_theta, kPositive);
   r.read("tied_embeddings", m.tied_embeddings);
   r.read("bias", m.bias);
@@ -372,7 +358,7 @@ ModelSpec parse_model(ObjectReader r) {
 OptimSpec parse_optim(ObjectReader r, const ModelSpec& m) {
   OptimSpec o;
   o.weight_decay_scales.input = m.norm.unified;  // the unified strategy decays input-role scales unless told otherwise
-  r.read_choice("name", o.name, kOptimizers);
+  r.read_choice("name", o.name);
   r.read("lr", o.lr, kPositive);
   r.read("beta1", o.beta1, kUnitHalfOpen);
   r.read("beta2", o.beta2, kUnitHalfOpen);
@@ -395,7 +381,7 @@ OptimSpec parse_optim(ObjectReader r, const ModelSpec& m) {
 
 ScheduleSpec parse_schedule(ObjectReader r) {
   ScheduleSpec s;
-  r.read_choice("type", s.type, kSchedules);
+  r.read_choice("type", s.type);
   r.read("warmup_steps", s.warmup_steps, 0);
   r.read("min_lr_ratio", s.min_lr_ratio, kUnitClosed);
   r.read("decay_fraction", s.decay_fraction, kUnitClosed);
@@ -405,7 +391,7 @@ ScheduleSpec parse_schedule(ObjectReader r) {
 
 DataSpec parse_data(ObjectReader r) {
   DataSpec d;
-  r.read_choice("source", d.source, kDataSources);
+  r.read_choice("source", d.source);
   ObjectReader synthetic = r.child("synthetic");
   synthetic.read("seed", d.synthetic.seed);
   synthetic.read("support", d.synthetic.support, 1, kMaxVocab);
@@ -419,8 +405,8 @@ DataSpec parse_data(ObjectReader r) {
 
 TrainingSpec parse_training(ObjectReader r) {
   TrainingSpec t;
-  r.read_choice("device", t.device, kDevices);
-  r.read_choice("precision", t.precision, kPrecisions);
+  r.read_choice("device", t.device);
+  r.read_choice("precision", t.precision);
   r.read("micro_batch", t.micro_batch, 1, kMaxDim);
   r.read("grad_accum", t.grad_accum, 1, kMaxDim);
   r.read("steps", t.steps, 0);
@@ -428,7 +414,7 @@ TrainingSpec parse_training(ObjectReader r) {
   r.read("seed", t.seed);
   r.read("eval_every", t.eval_every, 0);
   r.read("eval_batches", t.eval_batches, 1);
-  r.read_choice("recompute", t.recompute, kRecompute);
+  r.read_choice("recompute", t.recompute);
   r.read("loss_chunk_rows", t.loss_chunk_rows, 0);
   r.reject_unknown();
   return t;
@@ -475,23 +461,23 @@ void validate(const ExperimentSpec& s, const std::string& source) {
     fail_rule("model.n_heads (" + std::to_string(m.n_heads) + ") must be divisible by model.n_kv_heads (" +
               std::to_string(m.n_kv_heads) + ")");
   }
-  if (m.position == "rope" && m.head_dim() % 2 != 0) {
+  if (m.position == PositionEncoding::rope && m.head_dim() % 2 != 0) {
     fail_rule("model.position \"rope\" needs an even head dimension, but model.d_model / model.n_heads = " +
               std::to_string(m.d_model) + " / " + std::to_string(m.n_heads) + " = " + std::to_string(m.head_dim()));
   }
 
-  if (m.norm.reparam == "magnitude_direction" && m.norm.scale != "vector") {
+  if (m.norm.reparam == ScaleReparam::magnitude_direction && m.norm.scale != NormScale::vector) {
     fail_rule("model.norm.reparam \"magnitude_direction\" requires model.norm.scale \"vector\" (got " +
-              quote(m.norm.scale) + ")" + (m.norm.unified ? " (model.norm.unified sets the reparam)" : ""));
+              quote(to_string(m.norm.scale)) + ")" + (m.norm.unified ? " (model.norm.unified sets the reparam)" : ""));
   }
-  if (m.norm.scale == "none" && (m.norm.branch_scales || m.norm.scale_placement != "input")) {
+  if (m.norm.scale == NormScale::none && (m.norm.branch_scales || m.norm.scale_placement != ScalePlacement::input)) {
     fail_rule("model.norm.scale \"none\" has no scale vectors to place: model.norm.branch_scales must be false and "
               "model.norm.scale_placement \"input\" (got " + std::string(m.norm.branch_scales ? "true" : "false") + ", " +
-              quote(m.norm.scale_placement) + ")" + (m.norm.unified ? " (model.norm.unified sets both)" : ""));
+              quote(to_string(m.norm.scale_placement)) + ")" + (m.norm.unified ? " (model.norm.unified sets both)" : ""));
   }
 
-  if (t.precision == "bf16" && t.device != "cuda") {
-    fail_rule("training.precision \"bf16\" requires training.device \"cuda\" (got " + quote(t.device) + ")");
+  if (t.precision == Precision::bf16 && t.device != DeviceKind::cuda) {
+    fail_rule("training.precision \"bf16\" requires training.device \"cuda\" (got " + quote(to_string(t.device)) + ")");
   }
   int64_t tokens_per_step = 0;
   if (__builtin_mul_overflow(t.micro_batch * t.grad_accum, m.seq_len, &tokens_per_step)) {
@@ -516,17 +502,17 @@ void validate(const ExperimentSpec& s, const std::string& source) {
     fail_rule("schedule.warmup_steps (" + std::to_string(sched.warmup_steps) + ") must be less than the total steps (" +
               std::to_string(total) + ")");
   }
-  if (sched.type == "wsd" && static_cast<double>(sched.warmup_steps) + sched.decay_fraction * static_cast<double>(total) >
+  if (sched.type == ScheduleType::wsd && static_cast<double>(sched.warmup_steps) + sched.decay_fraction * static_cast<double>(total) >
                                  static_cast<double>(total)) {
     fail_rule("schedule \"wsd\": schedule.warmup_steps (" + std::to_string(sched.warmup_steps) +
               ") plus schedule.decay_fraction * total steps (" + show(json(sched.decay_fraction)) + " * " +
               std::to_string(total) + ") exceeds the total steps");
   }
 
-  if (s.data.source == "shards" && s.data.train.empty()) {
+  if (s.data.source == DataSource::shards && s.data.train.empty()) {
     fail_rule("data.source \"shards\" requires data.train (a glob of training shard files)");
   }
-  if (s.data.source == "synthetic" && s.data.synthetic.support > m.vocab_size) {
+  if (s.data.source == DataSource::synthetic && s.data.synthetic.support > m.vocab_size) {
     fail_rule("data.synthetic.support (" + std::to_string(s.data.synthetic.support) +
               ") must not exceed model.vocab_size (" + std::to_string(m.vocab_size) + ")");
   }
@@ -669,23 +655,20 @@ ExperimentSpec parse_spec(const nlohmann::json& j, const std::string& source) {
 
 std::vector<std::string> inert_settings(const ExperimentSpec& s) {
   std::vector<std::string> out;
-  ExperimentSpec defaults;
-  // parse_spec resolves an empty base to the dictionary's first entry; compare against that.
-  defaults.model.la.base = defaults.model.la.dictionary.front();
-  defaults.model.moa.base = defaults.model.moa.dictionary.front();
+  const ExperimentSpec defaults;  // its base entries are the default dictionaries' first, as parse_spec resolves them
   const ModelSpec& m = s.model;
-  if (m.activation != "la" && !(m.la == defaults.model.la))
-    out.push_back("model.la is set but model.activation is " + quote(m.activation) + ", not \"la\": it has no effect");
-  if (m.activation != "moa" && !(m.moa == defaults.model.moa))
-    out.push_back("model.moa is set but model.activation is " + quote(m.activation) + ", not \"moa\": it has no effect");
-  if (m.attn_gate.position == "none" && !(m.attn_gate == defaults.model.attn_gate))
+  if (m.activation != Activation::la && !(m.la == defaults.model.la))
+    out.push_back("model.la is set but model.activation is " + quote(to_string(m.activation)) + ", not \"la\": it has no effect");
+  if (m.activation != Activation::moa && !(m.moa == defaults.model.moa))
+    out.push_back("model.moa is set but model.activation is " + quote(to_string(m.activation)) + ", not \"moa\": it has no effect");
+  if (m.attn_gate.position == GatePosition::none && !(m.attn_gate == defaults.model.attn_gate))
     out.push_back("model.attn_gate.granularity/bias are set but model.attn_gate.position is \"none\": no gate is built");
-  if (m.position != "rope" && m.rope_theta != defaults.model.rope_theta)
-    out.push_back("model.rope_theta is set but model.position is " + quote(m.position) + ": it has no effect");
-  if (s.schedule.type != "wsd" && s.schedule.decay_fraction != defaults.schedule.decay_fraction)
-    out.push_back("schedule.decay_fraction is set but schedule.type is " + quote(s.schedule.type) +
+  if (m.position != PositionEncoding::rope && m.rope_theta != defaults.model.rope_theta)
+    out.push_back("model.rope_theta is set but model.position is " + quote(to_string(m.position)) + ": it has no effect");
+  if (s.schedule.type != ScheduleType::wsd && s.schedule.decay_fraction != defaults.schedule.decay_fraction)
+    out.push_back("schedule.decay_fraction is set but schedule.type is " + quote(to_string(s.schedule.type)) +
                   ", not \"wsd\": it has no effect");
-  if (s.schedule.type == "constant" && s.schedule.min_lr_ratio != defaults.schedule.min_lr_ratio)
+  if (s.schedule.type == ScheduleType::constant && s.schedule.min_lr_ratio != defaults.schedule.min_lr_ratio)
     out.push_back("schedule.min_lr_ratio is set but schedule.type is \"constant\": it has no effect");
   return out;
 }
@@ -729,6 +712,7 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
   (*node)[keys.back()] = std::move(value);
 }
 
+// Choices convert to their names through the to_json of core/spec/choices.h.
 nlohmann::json to_json(const ExperimentSpec& s) {
   const ModelSpec& m = s.model;
   const OptimSpec& o = s.optim;
@@ -812,6 +796,31 @@ nlohmann::json to_json(const ExperimentSpec& s) {
   j["checkpoint"] = {{"every", s.checkpoint.every}, {"keep_last", s.checkpoint.keep_last}};
   j["logging"] = {{"every", s.logging.every}};
   return j;
+}
+
+std::vector<ChoiceKey> choice_keys() {
+  return {
+      {"model.preset", choice_names<Preset>()},
+      {"model.norm.type", choice_names<NormType>()},
+      {"model.norm.scale", choice_names<NormScale>()},
+      {"model.norm.scale_placement", choice_names<ScalePlacement>()},
+      {"model.norm.reparam", choice_names<ScaleReparam>()},
+      {"model.activation", choice_names<Activation>()},
+      {"model.la.dictionary", choice_names<ActivationFn>()},
+      {"model.la.granularity", choice_names<LaGranularity>()},
+      {"model.moa.dictionary", choice_names<ActivationFn>()},
+      {"model.moa.gate", choice_names<MoaGate>()},
+      {"model.moa.init", choice_names<MoaInit>()},
+      {"model.attn_gate.position", choice_names<GatePosition>()},
+      {"model.attn_gate.granularity", choice_names<GateGranularity>()},
+      {"model.position", choice_names<PositionEncoding>()},
+      {"optim.name", choice_names<OptimizerKind>()},
+      {"schedule.type", choice_names<ScheduleType>()},
+      {"data.source", choice_names<DataSource>()},
+      {"training.device", choice_names<DeviceKind>()},
+      {"training.precision", choice_names<Precision>()},
+      {"training.recompute", choice_names<Recompute>()},
+  };
 }
 
 nlohmann::json default_spec_json() { return json::parse(kDefaultSpec); }

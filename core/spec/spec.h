@@ -2,15 +2,19 @@
 //
 // Every key is documented in docs/spec.md. Parsing is strict: an unknown key, a wrong type or an
 // out-of-range value is a SpecError whose message names the source (file), the JSON path
-// (e.g. `model.n_heads`) and the offending value.
+// (e.g. `model.n_heads`) and the offending value. Every choice is an enum whose names (the JSON
+// spelling) come from its one table in core/spec/choices.h.
 #pragma once
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "core/spec/choices.h"
 
 namespace pt {
 
@@ -21,15 +25,15 @@ class SpecError : public std::runtime_error {
 
 // Normalisation and scale vectors (formulas in docs/options.md).
 struct NormSpec {
-  std::string type = "rmsnorm";  // rmsnorm | layernorm
-  std::string scale = "vector";  // none | vector | zero_centered  (gamma, or x_hat * (1 + w) with w init 0)
+  NormType type = NormType::rmsnorm;
+  NormScale scale = NormScale::vector;  // gamma, or x_hat * (1 + w) with w init 0
   double eps = 1e-5;
   // "unified" strategy: sets the defaults of branch_scales (true), scale_placement (both), reparam
   // (magnitude_direction) and optim.weight_decay_scales.input (true) when those keys are not given.
   bool unified = false;
   bool branch_scales = false;            // one input-side scale per projection branch (q, k, v, gate; FFN gate, up; router)
-  std::string scale_placement = "input"; // input | output | both: y = diag(b) W diag(g) n
-  std::string reparam = "none";          // none | magnitude_direction: g = m * v / ||v|| * sqrt(dim)
+  ScalePlacement scale_placement = ScalePlacement::input;  // y = diag(b) W diag(g) n
+  ScaleReparam reparam = ScaleReparam::none;               // magnitude_direction: g = m * v / ||v|| * sqrt(dim)
   bool qk_norm = false;                  // normalise q and k over head_dim (scale role: output)
 
   bool operator==(const NormSpec&) const = default;
@@ -37,9 +41,9 @@ struct NormSpec {
 
 // Learnable activation: act(h) = sum_k a_k phi_k(h).
 struct LaSpec {
-  std::vector<std::string> dictionary = {"relu", "gelu", "silu", "relu2"};
-  std::string granularity = "layer";  // layer: a [K] per layer | channel: a [K, ffn_hidden] per layer
-  std::string base;                   // entry whose coefficient starts at 1 (others 0); "" in JSON = dictionary[0]
+  std::vector<ActivationFn> dictionary = {ActivationFn::relu, ActivationFn::gelu, ActivationFn::silu, ActivationFn::relu2};
+  LaGranularity granularity = LaGranularity::layer;  // layer: a [K] per layer | channel: a [K, ffn_hidden] per layer
+  ActivationFn base = ActivationFn::relu;  // entry whose coefficient starts at 1 (others 0); "" or absent in JSON = dictionary[0]
   bool gated = false;                 // Type-II: act(h_gate) * h_up (two up matrices)
 
   bool operator==(const LaSpec&) const = default;
@@ -47,11 +51,11 @@ struct LaSpec {
 
 // Mixture of activations: act_t(h) = sum_k alpha_{t,k} phi_k(h), alpha = gate(x W_r^T + b_r + c).
 struct MoaSpec {
-  std::vector<std::string> dictionary = {"relu", "gelu", "silu", "relu2"};
-  std::string gate = "softmax";  // softmax | sigmoid
-  std::string base;              // the baseline activation the mixture starts at; "" in JSON = dictionary[0]
-  bool gated = false;            // Type-II: act_t(h_gate) * h_up
-  std::string init = "bias";     // bias: constant logit offset init_logit on base | exact: blended, exactly the base at init
+  std::vector<ActivationFn> dictionary = {ActivationFn::relu, ActivationFn::gelu, ActivationFn::silu, ActivationFn::relu2};
+  MoaGate gate = MoaGate::softmax;
+  ActivationFn base = ActivationFn::relu;  // the baseline activation the mixture starts at; "" or absent in JSON = dictionary[0]
+  bool gated = false;                      // Type-II: act_t(h_gate) * h_up
+  MoaInit init = MoaInit::bias;  // bias: constant logit offset init_logit on base | exact: blended, exactly the base at init
   double init_logit = 4.0;       // bias init: the base's logit offset (softmax) or +/- offset (sigmoid)
 
   bool operator==(const MoaSpec&) const = default;
@@ -59,15 +63,15 @@ struct MoaSpec {
 
 // Sigmoid attention gate computed from the normed block input (weights fused into the QKV projection).
 struct AttnGateSpec {
-  std::string position = "none";         // none | g1 (after SDPA) | g2 (after V) | g5 (after the output projection)
-  std::string granularity = "headwise";  // headwise | elementwise
+  GatePosition position = GatePosition::none;  // g1 (after SDPA) | g2 (after V) | g5 (after the output projection)
+  GateGranularity granularity = GateGranularity::headwise;
   bool bias = false;                     // a learned bias on the gate logits
 
   bool operator==(const AttnGateSpec&) const = default;
 };
 
 struct ModelSpec {
-  std::string preset = "llama";  // llama | gpt2: sets the defaults of the keys below that are not given
+  Preset preset = Preset::llama;  // sets the defaults of the keys below that are not given
   int64_t vocab_size = 64;
   int64_t seq_len = 64;          // context length (training window)
   int64_t d_model = 64;
@@ -76,11 +80,11 @@ struct ModelSpec {
   int64_t n_kv_heads = 0;        // 0 = n_heads (multi-head); fewer = grouped-query attention
   int64_t ffn_hidden = 0;        // 0 = preset default (llama: multiple_of(8/3 d); gpt2: 4 d)
   NormSpec norm;                 // llama: rmsnorm/vector; gpt2: layernorm/vector
-  std::string activation = "swiglu";  // relu | gelu | gelu_tanh | silu | relu2 | swiglu | geglu | reglu | la | moa
+  Activation activation = Activation::swiglu;
   LaSpec la;                     // used when activation = la
   MoaSpec moa;                   // used when activation = moa
   AttnGateSpec attn_gate;
-  std::string position = "rope";      // rope | learned | none
+  PositionEncoding position = PositionEncoding::rope;
   double rope_theta = 10000.0;
   bool tied_embeddings = false;
   bool bias = false;             // biases on linear maps (gpt2 preset: true)
@@ -90,8 +94,19 @@ struct ModelSpec {
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   bool gated_activation() const {
-    return activation == "swiglu" || activation == "geglu" || activation == "reglu" || (activation == "la" && la.gated) ||
-           (activation == "moa" && moa.gated);
+    switch (activation) {
+      case Activation::swiglu:
+      case Activation::geglu:
+      case Activation::reglu: return true;
+      case Activation::la: return la.gated;
+      case Activation::moa: return moa.gated;
+      case Activation::relu:
+      case Activation::gelu:
+      case Activation::gelu_tanh:
+      case Activation::silu:
+      case Activation::relu2: return false;
+    }
+    return false;
   }
 
   bool operator==(const ModelSpec&) const = default;
@@ -119,7 +134,7 @@ struct ScaleDecayRules {
 };
 
 struct OptimSpec {
-  std::string name = "adamw";
+  OptimizerKind name = OptimizerKind::adamw;
   double lr = 1e-3;          // peak learning rate
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -133,7 +148,7 @@ struct OptimSpec {
 };
 
 struct ScheduleSpec {
-  std::string type = "cosine";  // constant | cosine | linear | wsd
+  ScheduleType type = ScheduleType::cosine;
   int64_t warmup_steps = 0;     // linear warm-up from 0 to the peak lr
   double min_lr_ratio = 0.1;    // final lr = min_lr_ratio * lr (cosine, linear, wsd)
   double decay_fraction = 0.2;  // wsd: fraction of all steps spent in the final linear decay
@@ -150,7 +165,7 @@ struct SyntheticDataSpec {
 };
 
 struct DataSpec {
-  std::string source = "synthetic";  // synthetic | shards
+  DataSource source = DataSource::synthetic;
   SyntheticDataSpec synthetic;
   std::string train;   // shards: glob of training shards
   std::string val;     // shards: glob of validation shards
@@ -159,8 +174,8 @@ struct DataSpec {
 };
 
 struct TrainingSpec {
-  std::string device = "cpu";     // cpu | cuda
-  std::string precision = "fp32"; // fp32 | bf16 (bf16 compute, fp32 master weights; cuda only)
+  DeviceKind device = DeviceKind::cpu;
+  Precision precision = Precision::fp32;  // bf16: bf16 compute, fp32 master weights; cuda only
   int64_t micro_batch = 8;        // sequences per micro-step
   int64_t grad_accum = 1;         // micro-steps per optimizer step
   int64_t steps = 0;              // optimizer steps; 0 = derive from tokens
@@ -168,7 +183,7 @@ struct TrainingSpec {
   uint64_t seed = 1;              // parameter init and data order
   int64_t eval_every = 100;       // steps between validation passes; 0 = only at the end
   int64_t eval_batches = 4;       // micro-batches per validation pass
-  std::string recompute = "none"; // none | full (activation recomputation, one segment per block)
+  Recompute recompute = Recompute::none;  // full: activation recomputation, one segment per block
   int64_t loss_chunk_rows = 0;    // > 0: LM head + cross-entropy over this many rows at a time
 
   int64_t tokens_per_step(int64_t seq_len) const { return micro_batch * grad_accum * seq_len; }
@@ -222,6 +237,14 @@ std::vector<std::string> inert_settings(const ExperimentSpec& s);
 
 // The fully resolved spec (every key, defaults filled in); parse_spec(to_json(s)) == s.
 nlohmann::json to_json(const ExperimentSpec& s);
+
+// Every choice key of the spec (JSON path, e.g. "model.norm.type"; a dictionary's entries for
+// "model.la.dictionary") with the names its table allows, in table order.
+struct ChoiceKey {
+  std::string path;
+  std::vector<std::string_view> names;
+};
+std::vector<ChoiceKey> choice_keys();
 
 // The embedded default spec: a tiny llama-style model on the synthetic Markov source, on CPU.
 nlohmann::json default_spec_json();

@@ -12,16 +12,21 @@ namespace pt {
 double learning_rate(const OptimSpec& optim, const ScheduleSpec& schedule, int64_t step, int64_t total_steps) {
   const double peak = optim.lr, floor = optim.lr * schedule.min_lr_ratio;
   if (step < schedule.warmup_steps) return peak * static_cast<double>(step + 1) / static_cast<double>(schedule.warmup_steps);
-  if (schedule.type == "constant") return peak;
   const double decay_steps = static_cast<double>(std::max<int64_t>(1, total_steps - schedule.warmup_steps));
   const double progress = std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / decay_steps);
-  if (schedule.type == "cosine") return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
-  if (schedule.type == "linear") return peak - (peak - floor) * progress;
-  // wsd: warm-up, stable, then a linear decay over the last decay_fraction of all steps.
-  const double decay_start = static_cast<double>(total_steps) * (1.0 - schedule.decay_fraction);
-  if (static_cast<double>(step) < decay_start) return peak;
-  const double span = std::max(1.0, static_cast<double>(total_steps) - decay_start);
-  return peak - (peak - floor) * std::min(1.0, (static_cast<double>(step) - decay_start + 1.0) / span);
+  switch (schedule.type) {
+    case ScheduleType::constant: return peak;
+    case ScheduleType::cosine: return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+    case ScheduleType::linear: return peak - (peak - floor) * progress;
+    case ScheduleType::wsd: {
+      // warm-up, stable, then a linear decay over the last decay_fraction of all steps.
+      const double decay_start = static_cast<double>(total_steps) * (1.0 - schedule.decay_fraction);
+      if (static_cast<double>(step) < decay_start) return peak;
+      const double span = std::max(1.0, static_cast<double>(total_steps) - decay_start);
+      return peak - (peak - floor) * std::min(1.0, (static_cast<double>(step) - decay_start + 1.0) / span);
+    }
+  }
+  throw std::invalid_argument("learning_rate: invalid schedule type " + std::to_string(static_cast<int>(schedule.type)));
 }
 
 bool applies_weight_decay(ParamKind kind, const WeightDecayRules& rules) {

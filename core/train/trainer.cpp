@@ -130,6 +130,18 @@ int64_t meta_int(const ckpt::Checkpoint& ck, const char* key, const fs::path& fi
   return v.get<int64_t>();
 }
 
+// The checkpoint's format version: meta.format_version, or 1 when absent (written before it existed).
+// A version this build does not know is an error naming the file and both versions.
+int64_t checkpoint_format_version(const ckpt::Checkpoint& ck, const fs::path& file) {
+  if (!ck.meta.is_object() || !ck.meta.contains("format_version")) return 1;
+  const int64_t version = meta_int(ck, "format_version", file);
+  if (version < 1 || version > kCheckpointFormatVersion)
+    throw std::runtime_error(file.string() + ": checkpoint format_version " + std::to_string(version) +
+                             " is not supported: this build reads format versions 1 to " +
+                             std::to_string(kCheckpointFormatVersion) + " (was it written by a newer pretrain?)");
+  return version;
+}
+
 // Keys (JSON paths) whose values differ between two JSON documents.
 void diff_json(const nlohmann::json& a, const nlohmann::json& b, const std::string& path, std::vector<std::string>& out) {
   if (a.is_object() && b.is_object()) {
@@ -164,7 +176,7 @@ class Trainer {
   Trainer(const ExperimentSpec& spec, const TrainOptions& options)
       : spec_(spec),
         options_(options),
-        device_(parse_device(spec.training.device)),
+        device_(parse_device(std::string(to_string(spec.training.device)))),
         init_rng_(spec.training.seed),
         model_(spec.model, init_rng_, DType::f32, device_),
         optimizer_(model_.params(), spec.optim),
@@ -289,6 +301,7 @@ class Trainer {
   void save_checkpoint(int64_t step) {
     ckpt::Checkpoint ck;
     ck.meta = {{"format", "pretrain/1"},
+               {"format_version", kCheckpointFormatVersion},
                {"step", step},
                {"optimizer_step", optimizer_.step_count()},
                {"spec", to_json(spec_)},
@@ -327,6 +340,7 @@ class Trainer {
                                " (see the warnings above); refusing to overwrite the run");
     }
     const auto& [file, ck] = *latest;
+    checkpoint_format_version(ck, file);  // versions 1 and 2 hold the same tensors and meta keys
     // Checkpoints newer than the one loaded were rejected as invalid. Move them aside: otherwise they
     // count towards checkpoint.keep_last and pruning could delete the valid ones written from here on.
     const int64_t loaded_step = meta_int(ck, "step", file);
@@ -341,15 +355,25 @@ class Trainer {
       if (ec) throw std::runtime_error("--resume: cannot move the invalid checkpoint " + newer_file.string() + " aside: " + ec.message());
       spdlog::warn("moved the invalid checkpoint {} aside to {}", newer_file.string(), aside.string());
     }
-    const nlohmann::json saved_spec = meta_field(ck, "spec", file);
-    std::vector<std::string> model_diff, other_diff;
-    diff_json(saved_spec.at("model"), to_json(spec_).at("model"), "model", model_diff);
-    if (!model_diff.empty()) {
+    // The saved spec is parsed as a spec file would be: keys added since it was written take their
+    // defaults (so old checkpoints stay resumable); a key this build no longer knows is an error.
+    ExperimentSpec saved;
+    try {
+      saved = parse_spec(meta_field(ck, "spec", file), file.string() + " (meta.spec)");
+    } catch (const SpecError& e) {
+      throw std::runtime_error(std::string("--resume: the checkpoint's spec is not valid for this build: ") + e.what());
+    }
+    const nlohmann::json saved_json = to_json(saved), current_json = to_json(spec_);
+    if (!(saved.model == spec_.model)) {
+      std::vector<std::string> model_diff;
+      diff_json(saved_json.at("model"), current_json.at("model"), "model", model_diff);
+      if (model_diff.empty()) model_diff.push_back("model");  // equal JSON but unequal values (cannot happen)
       std::string list;
       for (const auto& d : model_diff) list += "\n  " + d;
       throw std::runtime_error(file.string() + ": the checkpoint's model differs from the spec:" + list);
     }
-    diff_json(saved_spec, to_json(spec_), "", other_diff);
+    std::vector<std::string> other_diff;
+    diff_json(saved_json, current_json, "", other_diff);
     for (const auto& d : other_diff) spdlog::warn("resuming with a changed spec key: {}", d);
 
     ParamStore& params = model_.params();
@@ -384,7 +408,7 @@ class Trainer {
 
 std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec, const std::string& split) {
   const bool val = split == "val";
-  if (spec.data.source == "synthetic") {
+  if (spec.data.source == DataSource::synthetic) {
     // Training and validation read independent streams of the same language.
     const uint64_t stream = spec.training.seed * 2 + (val ? 1 : 0);
     return std::make_unique<data::MarkovSource>(markov_spec(spec), 0x5EED0000ull + stream);
@@ -413,7 +437,7 @@ std::pair<Tensor, Tensor> batch_to_device(const data::TokenBatch& batch, Device 
 }
 
 double entropy_floor(const ExperimentSpec& spec) {
-  if (spec.data.source != "synthetic") return std::numeric_limits<double>::quiet_NaN();
+  if (spec.data.source != DataSource::synthetic) return std::numeric_limits<double>::quiet_NaN();
   return data::MarkovChain(markov_spec(spec)).entropy_rate();
 }
 

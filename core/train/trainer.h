@@ -14,6 +14,10 @@
 
 namespace pt {
 
+// The version of the training checkpoints this build writes (meta.format_version) and the newest it
+// resumes from; a checkpoint without format_version is version 1 (docs/checkpoints.md).
+inline constexpr int64_t kCheckpointFormatVersion = 2;
+
 struct TrainOptions {
   std::filesystem::path run_dir;  // spec.json, metrics.jsonl and checkpoints/ live here
   bool resume = false;            // continue from the newest valid checkpoint in run_dir
