@@ -42,66 +42,10 @@ class CudaBackend final : public Backend {
   double seconds_between(int64_t from, int64_t to) override;
   void reset_timestamps() override { next_timestamp_ = 0; }
 
-  void copy(const Tensor& src, const Tensor& dst) override;
-  void fill(const Tensor& dst, double value) override;
-  void copy_from_host(const void* src, const Tensor& dst) override;
-  void copy_to_host(const Tensor& src, void* dst) override;
-
-  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
-            const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
-            int64_t stride_c) override;
-
-  void gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
-                const Tensor& c, const Tensor& d) override;
-  void unary(UnaryOp op, const Tensor& x, const Tensor& y) override;
-  void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) override;
-  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
-  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y) override;
-  void affine(const Tensor& x, double scale, double shift, const Tensor& out) override;
-  void sum_to(const Tensor& x, const Tensor& out) override;
-  double sum_squares(const std::vector<Tensor>& xs) override;
-
-  void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out) override;
-  void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable) override;
-  void rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
-                        const Tensor& rstd) override;
-  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                         const Tensor& dx, const Tensor& dweight) override;
-  void add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
-                            const Tensor& sum, const Tensor& y, const Tensor& rstd) override;
-  void rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                             const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) override;
-  void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
-                          const Tensor& mean, const Tensor& rstd) override;
-  void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
-                           const Tensor& dy, const Tensor& dx, const Tensor& dweight, const Tensor& dbias) override;
-  void rope(const Tensor& x, double theta, bool inverse, const Tensor& y) override;
-  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& out,
-                         const Tensor& lse) override;
-  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dout, double scale, const Tensor& dq, const Tensor& dk,
-                          const Tensor& dv) override;
-  void softmax_forward(const Tensor& x, const Tensor& y) override;
-  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
-  void glu_forward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& out) override;
-  void glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout, const Tensor& dgate,
-                    const Tensor& dup) override;
-  void activation_mixture_forward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
-                                  const Tensor& coef, const Tensor& out) override;
-  void activation_mixture_backward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
-                                   const Tensor& coef, const Tensor& dout, const Tensor& dh,
-                                   const Tensor& dcoef) override;
-  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
-                             const Tensor& lse) override;
-  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss,
-                              double scale, const Tensor& dlogits) override;
-  void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
-                                      const Tensor& lse, double scale, const Tensor& dlogits) override;
-  void scale_by_scalar(const Tensor& x, const Tensor& factor) override;
-  void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m, const Tensor& v,
-                  double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override;
-  void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
-                        double beta2, double eps, int64_t step) override;
+  // Every kernel of backend_kernels.def (the composed ones fused).
+#define PT_REQUIRED_KERNEL(ret, name, params, args) ret name params override;
+#define PT_COMPOSED_KERNEL(ret, name, params, args) ret name params override;
+#include "core/engine/backend_kernels.def"
 
   cudaStream_t stream() const { return stream_; }
   DeviceError* device_error() const { return device_error_; }

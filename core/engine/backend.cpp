@@ -1,6 +1,9 @@
+// The backend registry (backend_for, register_backend, override_backend) and the default
+// compositions of the composed kernels of backend_kernels.def.
 #include "core/engine/backend.h"
 
 #include <stdexcept>
+#include <string>
 
 namespace pt {
 
@@ -83,7 +86,12 @@ void Backend::rms_norm_backward_add(const Tensor& x, const Tensor& weight, const
 }
 
 void register_backend(DeviceType type, Backend* backend) {
-  if (type == DeviceType::cuda) cuda_backend = backend;
+  if (type != DeviceType::cuda)
+    throw std::invalid_argument(std::string("register_backend: device type ") +
+                                (type == DeviceType::cpu ? "cpu" : std::to_string(static_cast<int>(type))) +
+                                " takes no registered backend (the CPU backend is built in; override_backend "
+                                "wraps it)");
+  cuda_backend = backend;
 }
 
 bool backend_available(DeviceType type) { return type == DeviceType::cpu || cuda_backend != nullptr; }

@@ -1,6 +1,8 @@
 // ProfilingBackend: a Backend decorator that times every kernel call of another backend, for
-// `pretrain bench --profile`. GEMMs and attention calls are keyed by their shapes, everything else
-// by the kernel's name. Two ways of timing, chosen by the inner backend:
+// `pretrain bench --profile`. It forwards every kernel of backend_kernels.def. GEMMs and attention
+// calls are keyed by their shapes, a few others by an operator or dtype (profile_key in
+// profiling_backend.cpp), everything else by the kernel's name. Two ways of timing, chosen by the
+// inner backend:
 //  - device timestamps (CUDA): a marker is recorded in the queue before and after each call and
 //    the device time between them is read later (flush), so calls are neither synchronised nor
 //    charged their launch overhead: the totals are the step's device time, op by op, as long as
@@ -41,63 +43,12 @@ class ProfilingBackend final : public Backend {
   std::string name() const override { return inner_.name() + "+profile"; }
   void synchronize() override { inner_.synchronize(); }
 
-  void copy(const Tensor& src, const Tensor& dst) override;
-  void fill(const Tensor& dst, double value) override;
-  void copy_from_host(const void* src, const Tensor& dst) override;
-  void copy_to_host(const Tensor& src, void* dst) override;
-  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a,
-            const Tensor& b, double beta, const Tensor& c, int64_t batch, int64_t stride_a, int64_t stride_b,
-            int64_t stride_c) override;
-  void gemm_add(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
-                const Tensor& c, const Tensor& d) override;
-  void unary(UnaryOp op, const Tensor& x, const Tensor& y) override;
-  void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) override;
-  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
-  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y) override;
-  void affine(const Tensor& x, double scale, double shift, const Tensor& out) override;
-  void sum_to(const Tensor& x, const Tensor& out) override;
-  double sum_squares(const std::vector<Tensor>& xs) override;
-  void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out) override;
-  void embedding_backward(const Tensor& ids, const Tensor& dout, const Tensor& dtable) override;
-  void rms_norm_forward(const Tensor& x, const Tensor& weight, double eps, const Tensor& y,
-                        const Tensor& rstd) override;
-  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                         const Tensor& dx, const Tensor& dweight) override;
-  void add_rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps,
-                            const Tensor& sum, const Tensor& y, const Tensor& rstd) override;
-  void rms_norm_backward_add(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                             const Tensor& dresidual, const Tensor& dx, const Tensor& dweight) override;
-  void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
-                          const Tensor& mean, const Tensor& rstd) override;
-  void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
-                           const Tensor& dy, const Tensor& dx, const Tensor& dweight, const Tensor& dbias) override;
-  void rope(const Tensor& x, double theta, bool inverse, const Tensor& y) override;
-  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& out,
-                         const Tensor& lse) override;
-  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dout, double scale, const Tensor& dq, const Tensor& dk,
-                          const Tensor& dv) override;
-  void softmax_forward(const Tensor& x, const Tensor& y) override;
-  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
-  void glu_forward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& out) override;
-  void glu_backward(GluKind kind, const Tensor& gate, const Tensor& up, const Tensor& dout, const Tensor& dgate,
-                    const Tensor& dup) override;
-  void activation_mixture_forward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
-                                  const Tensor& coef, const Tensor& out) override;
-  void activation_mixture_backward(const ActivationDictionary& dictionary, MixtureCoef layout, const Tensor& h,
-                                   const Tensor& coef, const Tensor& dout, const Tensor& dh,
-                                   const Tensor& dcoef) override;
-  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
-                             const Tensor& lse) override;
-  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& dloss,
-                              double scale, const Tensor& dlogits) override;
-  void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, const Tensor& losses,
-                                      const Tensor& lse, double scale, const Tensor& dlogits) override;
-  void scale_by_scalar(const Tensor& x, const Tensor& factor) override;
-  void adamw_step(const Tensor& param, const Tensor& grad, double grad_scale, const Tensor& m, const Tensor& v,
-                  double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) override;
-  void adamw_step_multi(const std::vector<AdamwTensors>& group, double grad_scale, double lr, double beta1,
-                        double beta2, double eps, int64_t step) override;
+  // Every kernel of backend_kernels.def, required and composed, forwarded to the inner backend:
+  // a composed kernel runs the inner backend's own implementation (fused or default) and is
+  // charged under its own key, never as the sub-calls of Backend's default.
+#define PT_REQUIRED_KERNEL(ret, name, params, args) ret name params override;
+#define PT_COMPOSED_KERNEL(ret, name, params, args) ret name params override;
+#include "core/engine/backend_kernels.def"
 
  private:
   // Synchronises, runs fn, synchronises, and charges the elapsed time to key.
