@@ -140,13 +140,11 @@ void run_bench(const SpecArgs& args, int64_t warmup, int64_t steps, double peak_
     return batches;
   };
   std::vector<data::TokenBatch> batches = next_batches();
+  TrainStep train_step(model, optimizer, spec.training.grad_accum, device);
+  int64_t step = 0;
   auto one_step = [&] {
-    for (int64_t micro = 0; micro < spec.training.grad_accum; ++micro) {
-      auto [inputs, targets] = batch_to_device(batches[size_t(micro)], device);
-      model.loss(inputs, targets, targets.numel()).backward();
-    }
-    optimizer.step(spec.optim.lr, 1.0 / double(spec.training.grad_accum));
-    model.zero_grad();
+    size_t next = 0;
+    train_step.run([&] { return batches.at(next++); }, spec.optim.lr, ++step);
     // The next step's tokens are generated on the host while the device finishes this step (as in
     // `pretrain train`, where generation overlaps the previous step's optimizer kernels), so the
     // timed step does not include a device-idle gap for host-side data generation.

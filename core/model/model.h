@@ -1,16 +1,18 @@
-// The decoder-only transformer, built from a ModelSpec.
+// The decoder-only transformer, composed of modules (core/model/*.h), built from a ModelSpec.
 //
-// The parameter set is data: `parameter_table(spec)` lists every tensor (name, shape, kind,
-// init), the model allocates exactly that list, and `pretrain validate` counts it without
-// allocating anything. The forward pass reads like the architecture:
+//   h = Embedding(tokens)                                   embedding.h
+//   for each block:                                         (Block below)
+//     h = h + Attention(Norm(h))                            norm.h, attention.h
+//     h = h + FeedForward(Norm(h))                          mlp.h (dense; MoE is another FeedForward)
+//   logits = LMHead(Norm(h))                                lm_head.h
 //
-//   h = embed(tokens) (+ learned positions)
-//   for each block:  h = h + Attention(Norm(h));  h = h + MLP(Norm(h))
-//   logits = LMHead(Norm(h))
+// The parameter set is data: the modules declare their parameters into a ParamTable when built, so
+// `parameter_table(spec)` (the modules built into a table, nothing allocated) is what `pretrain
+// validate` counts, and the model's ParamStore allocates exactly that list. Each module holds typed
+// references to its parameters; names are used only by checkpoints and reports.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,9 +22,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/engine/rng.h"
+#include "core/engine/tensor.h"
+#include "core/model/attention.h"
+#include "core/model/embedding.h"
+#include "core/model/lm_head.h"
+#include "core/model/mlp.h"
+#include "core/model/module.h"
+#include "core/model/norm.h"
 #include "core/model/param_store.h"
 #include "core/spec/spec.h"
-#include "core/engine/tensor.h"
 
 namespace pt {
 
@@ -40,18 +48,43 @@ struct ExecutionOptions {
 // The execution options a spec's training section asks for.
 ExecutionOptions execution_options(const TrainingSpec& training);
 
+// What a training forward returns: the loss to differentiate and its parts.
+struct LossParts {
+  Tensor total;               // lm plus every auxiliary loss: call backward() on this
+  Tensor lm;                  // mean next-token cross-entropy (the same tensor as total without aux losses)
+  std::vector<NamedLoss> aux; // weighted auxiliary losses by name (e.g. a MoE balancing loss), in layer order
+};
+
+// One pre-norm transformer block: x = h + attn(norm(h)); out = x + ffn(norm(x)). No separate residual
+// adds: the first is fused with the norm that reads it, the second done by the FFN's down projection;
+// in the backward, h's two gradients are summed inside attn_norm's kernel (Norm::fork).
+class Block {
+ public:
+  Block(const ModelSpec& spec, ParamTable& table, int64_t layer, double out_init_std);
+  FeedForwardOutput forward(const ForwardContext& ctx, const Tensor& h) const;
+  const FeedForward& feed_forward() const { return *ffn_; }
+
+ private:
+  Norm attn_norm_, mlp_norm_;
+  std::unique_ptr<Attention> attention_;
+  std::unique_ptr<FeedForward> ffn_;
+};
+
 class Transformer {
  public:
+  // Builds the modules; allocates and initialises every parameter from `rng` (one forked stream per
+  // parameter, so initial values depend only on the seed and the parameter's position in the table).
+  Transformer(const ModelSpec& spec, Rng& rng, DType dtype = DType::f32, Device device = Device::cpu());
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
-  // Allocates and initialises every parameter from `rng` (one forked stream per parameter, so
-  // initial values depend only on the seed and the parameter's position in the table).
-  Transformer(const ModelSpec& spec, Rng& rng, DType dtype = DType::f32, Device device = Device::cpu());
 
   // tokens [B, T] (i32) -> logits [B * T, vocab]
   Tensor forward(const Tensor& tokens) const;
-  // Mean next-token cross-entropy; targets [B, T] (i32; -1 = ignored). `num_valid` = number of
-  // non-ignored targets if known (avoids reading targets back from the device), else -1.
+  // The training objective: mean next-token cross-entropy plus auxiliary losses; targets [B, T] (i32;
+  // -1 = ignored). `num_valid` = number of non-ignored targets if known (avoids reading targets back
+  // from the device), else -1.
+  LossParts loss_parts(const Tensor& tokens, const Tensor& targets, int64_t num_valid = -1) const;
+  // loss_parts(...).total
   Tensor loss(const Tensor& tokens, const Tensor& targets, int64_t num_valid = -1) const;
 
   // Diagnostics on one batch (no autograd), as JSON keys for the validation line of metrics.jsonl:
@@ -72,32 +105,19 @@ class Transformer {
   void zero_grad() { store_.zero_grad(); }
 
  private:
-  Tensor norm(const Tensor& x, const std::string& prefix) const;
-  // {x + residual, norm(x + residual)}: the residual add fused with the norm that reads it (RMSNorm).
-  std::pair<Tensor, Tensor> add_norm(const Tensor& x, const Tensor& residual, const std::string& prefix) const;
-  // {x passed through, norm(x)}: x feeds the residual stream and the norm (rms_norm_fork for RMSNorm).
-  std::pair<Tensor, Tensor> norm_fork(const Tensor& x, const std::string& prefix) const;
-  Tensor norm_over_last(const Tensor& x, const std::string& prefix) const;  // QK-norm (no bias)
-  Tensor attention(const Tensor& x, const std::string& prefix) const;
-  // residual (optional): added by the down projection's GEMM (the block's second residual add).
-  Tensor mlp(const Tensor& x, const std::string& prefix, const Tensor& residual = Tensor()) const;
-  // Parameters as the forward pass uses them (cast to the compute dtype): undefined when absent / throws.
-  Tensor maybe_param(const std::string& name) const;
-  Tensor use(const std::string& name) const;
-  Tensor hidden(const Tensor& tokens) const;  // final-normed hidden states [B, T, d]
-  Tensor head_weight() const;                 // the LM head [vocab, d] (tied or not, with its output scale)
-  Tensor scale_value(const std::string& name) const;  // effective scale vector g, undefined when absent
-  // linear(x, diag(b) W diag(g)) over the branches of a fused projection named `linear_prefix`,
-  // one output per branch (in `branches` order).
-  std::vector<Tensor> project(const Tensor& x, const std::string& linear_prefix, const std::string& branch_prefix,
-                              const std::vector<std::pair<std::string, int64_t>>& branches, const Tensor& bias) const;
+  friend std::vector<ParamInfo> parameter_table(const ModelSpec& spec);
+  // The modules, declared into `table` (no allocation).
+  Transformer(const ModelSpec& spec, ParamTable& table);
 
-  struct Diagnostics;
-  mutable Diagnostics* diag_ = nullptr;  // set while diagnostics() runs
-  mutable Tensor positions_;              // i32 [T] = 0..T-1 on the parameters' device (learned positions)
+  // Final-normed hidden states [B, T, d] and the blocks' auxiliary losses.
+  Tensor hidden(const ForwardContext& ctx, const Tensor& tokens, std::vector<NamedLoss>* aux) const;
 
   ModelSpec spec_;
   ExecutionOptions execution_;
+  std::unique_ptr<Embedding> embedding_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  Norm final_norm_;
+  std::unique_ptr<LMHead> head_;
   ParamStore store_;
 };
 

@@ -15,6 +15,7 @@
 #include "core/engine/autograd.h"
 #include "core/engine/backend.h"
 #include "core/io/checkpoint.h"
+#include "core/train/train_state.h"
 #include "core/model/model.h"
 #include "core/engine/ops.h"
 #include "core/train/optim.h"
@@ -78,82 +79,6 @@ std::string human_duration(double seconds) {
   return buf;
 }
 
-// Sum of scalar device tensors, read back with a single device-to-host copy (each read synchronises
-// the device). Adds in order from 0, as reading them one by one would.
-double sum_on_host(const std::vector<Tensor>& scalars) {
-  NoGradGuard no_grad;
-  if (scalars.size() == 1) return 0.0 + scalars[0].item();
-  std::vector<Tensor> parts;
-  for (const Tensor& s : scalars) parts.push_back(s.view({1}));
-  double total = 0.0;
-  for (double v : ops::concat(parts).to_vector<double>()) total += v;
-  return total;
-}
-
-ckpt::TensorRecord record_of(const std::string& name, const Tensor& t) {
-  Tensor host = t.to(Device::cpu()).contiguous();
-  ckpt::TensorRecord r;
-  r.name = name;
-  r.dtype = dtype_name(host.dtype());
-  r.shape = host.shape();
-  const auto* bytes = static_cast<const uint8_t*>(host.raw_data());
-  r.bytes.assign(bytes, bytes + host.nbytes());
-  return r;
-}
-
-// The checkpoint's tensor `name` as a host tensor of `shape` and `dtype`; an error names the file and
-// the tensor when it is missing or differs.
-Tensor restored(const ckpt::Checkpoint& ck, const std::string& name, const Shape& shape, DType dtype, const fs::path& file) {
-  const ckpt::TensorRecord* r = ck.find(name);
-  if (!r) throw std::runtime_error(file.string() + ": checkpoint has no tensor \"" + name + "\"");
-  if (r->shape != shape || r->dtype != dtype_name(dtype))
-    throw std::runtime_error(file.string() + ": tensor \"" + name + "\" is " + r->dtype + shape_str(r->shape) +
-                             " in the checkpoint but the model expects " + dtype_name(dtype) + shape_str(shape));
-  Tensor host = Tensor::empty(shape, dtype, Device::cpu());
-  std::memcpy(host.raw_data(), r->bytes.data(), r->bytes.size());
-  return host;
-}
-
-// A key of a checkpoint's meta document; a missing key is an error naming the file.
-const nlohmann::json& meta_field(const ckpt::Checkpoint& ck, const char* key, const fs::path& file) {
-  if (!ck.meta.is_object() || !ck.meta.contains(key))
-    throw std::runtime_error(file.string() + ": checkpoint meta has no \"" + std::string(key) +
-                             "\" (not a checkpoint written by pretrain train?)");
-  return ck.meta.at(key);
-}
-
-int64_t meta_int(const ckpt::Checkpoint& ck, const char* key, const fs::path& file) {
-  const nlohmann::json& v = meta_field(ck, key, file);
-  if (!v.is_number_integer() || v.get<int64_t>() < 0)
-    throw std::runtime_error(file.string() + ": checkpoint meta \"" + std::string(key) + "\" is " + v.dump() +
-                             ", not a non-negative integer");
-  return v.get<int64_t>();
-}
-
-// The checkpoint's format version: meta.format_version, or 1 when absent (written before it existed).
-// A version this build does not know is an error naming the file and both versions.
-int64_t checkpoint_format_version(const ckpt::Checkpoint& ck, const fs::path& file) {
-  if (!ck.meta.is_object() || !ck.meta.contains("format_version")) return 1;
-  const int64_t version = meta_int(ck, "format_version", file);
-  if (version < 1 || version > kCheckpointFormatVersion)
-    throw std::runtime_error(file.string() + ": checkpoint format_version " + std::to_string(version) +
-                             " is not supported: this build reads format versions 1 to " +
-                             std::to_string(kCheckpointFormatVersion) + " (was it written by a newer pretrain?)");
-  return version;
-}
-
-// Keys (JSON paths) whose values differ between two JSON documents.
-void diff_json(const nlohmann::json& a, const nlohmann::json& b, const std::string& path, std::vector<std::string>& out) {
-  if (a.is_object() && b.is_object()) {
-    for (auto it = a.begin(); it != a.end(); ++it)
-      diff_json(it.value(), b.contains(it.key()) ? b.at(it.key()) : nlohmann::json(), path.empty() ? it.key() : path + "." + it.key(), out);
-    for (auto it = b.begin(); it != b.end(); ++it)
-      if (!a.contains(it.key())) out.push_back(path.empty() ? it.key() : path + "." + it.key());
-    return;
-  }
-  if (a != b) out.push_back(path + " (" + a.dump() + " -> " + b.dump() + ")");
-}
-
 // Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
 void truncate_metrics(const fs::path& file, int64_t step) {
   if (!fs::exists(file)) return;
@@ -180,6 +105,7 @@ class Trainer {
         init_rng_(spec.training.seed),
         model_(spec.model, init_rng_, DType::f32, device_),
         optimizer_(model_.params(), spec.optim),
+        train_step_(model_, optimizer_, spec.training.grad_accum, device_),
         train_data_(make_batch_source(spec, "train")),
         val_data_(make_batch_source(spec, "val")),
         total_steps_(spec.total_steps()),
@@ -216,21 +142,9 @@ class Trainer {
     while (step < total_steps_) {
       const auto t0 = std::chrono::steady_clock::now();
       const double lr = learning_rate(spec_.optim, spec_.schedule, step, total_steps_);
-      std::vector<Tensor> micro_losses;
-      for (int64_t micro = 0; micro < spec_.training.grad_accum; ++micro) {
-        auto [inputs, targets] = batch_to_device(train_data_->next(spec_.training.micro_batch, spec_.model.seq_len), device_);
-        Tensor loss = model_.loss(inputs, targets, targets.numel());
-        loss.backward();
-        micro_losses.push_back(loss.detach());  // read once per step below, not once per micro-batch
-      }
-      const double loss = sum_on_host(micro_losses) / double(spec_.training.grad_accum);
-      // Checked before the update (and AdamW refuses a non-finite gradient norm), so no checkpoint
-      // ever holds parameters damaged by a NaN/inf step.
-      if (!std::isfinite(loss))
-        throw std::runtime_error("loss became " + std::to_string(loss) + " at step " + std::to_string(step + 1) +
-                                 " (lr " + std::to_string(lr) + "); the last checkpoint is intact");
-      const OptimizerStepStats stats = optimizer_.step(lr, 1.0 / double(spec_.training.grad_accum));
-      model_.zero_grad();
+      const StepStats stats = train_step_.run(
+          [this] { return train_data_->next(spec_.training.micro_batch, spec_.model.seq_len); }, lr, step + 1);
+      const double loss = stats.loss;
       ++step;
       result.train_losses.push_back(loss);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -299,16 +213,7 @@ class Trainer {
   }
 
   void save_checkpoint(int64_t step) {
-    ckpt::Checkpoint ck;
-    ck.meta = {{"format", "pretrain/1"},
-               {"format_version", kCheckpointFormatVersion},
-               {"step", step},
-               {"optimizer_step", optimizer_.step_count()},
-               {"spec", to_json(spec_)},
-               {"train_data", train_data_->state()}};
-    const ParamStore& params = model_.params();
-    for (size_t i = 0; i < params.size(); ++i) ck.tensors.push_back(record_of("model/" + params.info(i).name, params.value(i)));
-    for (const auto& [name, tensor] : optimizer_.state_tensors()) ck.tensors.push_back(record_of(name, tensor));
+    const ckpt::Checkpoint ck = training_checkpoint(spec_, step, model_, optimizer_, train_data_->state());
     const fs::path dir = options_.run_dir / "checkpoints";
     const fs::path file = ckpt::checkpoint_file(dir, step);
     ckpt::write_checkpoint(file, ck);
@@ -340,10 +245,7 @@ class Trainer {
                                " (see the warnings above); refusing to overwrite the run");
     }
     const auto& [file, ck] = *latest;
-    checkpoint_format_version(ck, file);  // versions 1 and 2 hold the same tensors and meta keys
-    // Checkpoints newer than the one loaded were rejected as invalid. Move them aside: otherwise they
-    // count towards checkpoint.keep_last and pruning could delete the valid ones written from here on.
-    const int64_t loaded_step = meta_int(ck, "step", file);
+    const int64_t loaded_step = checkpoint_step(ck, file);  // checks the format version first
     const auto listed = ckpt::list_checkpoints(dir);
     const auto loaded_entry = std::find_if(listed.begin(), listed.end(), [&](const auto& e) { return e.second == file; });
     for (auto it = loaded_entry == listed.end() ? listed.end() : std::next(loaded_entry); it != listed.end(); ++it) {
@@ -355,35 +257,9 @@ class Trainer {
       if (ec) throw std::runtime_error("--resume: cannot move the invalid checkpoint " + newer_file.string() + " aside: " + ec.message());
       spdlog::warn("moved the invalid checkpoint {} aside to {}", newer_file.string(), aside.string());
     }
-    // The saved spec is parsed as a spec file would be: keys added since it was written take their
-    // defaults (so old checkpoints stay resumable); a key this build no longer knows is an error.
-    ExperimentSpec saved;
-    try {
-      saved = parse_spec(meta_field(ck, "spec", file), file.string() + " (meta.spec)");
-    } catch (const SpecError& e) {
-      throw std::runtime_error(std::string("--resume: the checkpoint's spec is not valid for this build: ") + e.what());
-    }
-    const nlohmann::json saved_json = to_json(saved), current_json = to_json(spec_);
-    if (!(saved.model == spec_.model)) {
-      std::vector<std::string> model_diff;
-      diff_json(saved_json.at("model"), current_json.at("model"), "model", model_diff);
-      if (model_diff.empty()) model_diff.push_back("model");  // equal JSON but unequal values (cannot happen)
-      std::string list;
-      for (const auto& d : model_diff) list += "\n  " + d;
-      throw std::runtime_error(file.string() + ": the checkpoint's model differs from the spec:" + list);
-    }
-    std::vector<std::string> other_diff;
-    diff_json(saved_json, current_json, "", other_diff);
-    for (const auto& d : other_diff) spdlog::warn("resuming with a changed spec key: {}", d);
-
-    ParamStore& params = model_.params();
-    for (size_t i = 0; i < params.size(); ++i)
-      params.load_value(i, restored(ck, "model/" + params.info(i).name, params.info(i).shape, params.dtype(), file));
-    for (const auto& [name, tensor] : optimizer_.state_tensors())
-      optimizer_.load_state(name, restored(ck, name, tensor.shape(), tensor.dtype(), file));
-    optimizer_.set_step_count(meta_int(ck, "optimizer_step", file));
-    train_data_->load_state(meta_field(ck, "train_data", file));
-    const int64_t step = loaded_step;
+    const RestoredTraining restored = restore_training_state(ck, file, spec_, model_, optimizer_);
+    train_data_->load_state(restored.train_data_state);
+    const int64_t step = restored.step;
     truncate_metrics(options_.run_dir / "metrics.jsonl", step);
     log("resumed from {} at step {}/{}{}", file.string(), step, total_steps_,
         step >= total_steps_ ? ": the run is already complete" : "");
@@ -396,6 +272,7 @@ class Trainer {
   Rng init_rng_;
   Transformer model_;
   AdamW optimizer_;
+  TrainStep train_step_;
   std::unique_ptr<data::BatchSource> train_data_, val_data_;
   nlohmann::json val_start_state_;
   int64_t total_steps_;
@@ -420,20 +297,6 @@ std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec,
   options.seed = spec.training.seed + (val ? 1 : 0);
   options.vocab_size = spec.model.vocab_size;
   return data::open_shard_loader(options);
-}
-
-std::pair<Tensor, Tensor> batch_to_device(const data::TokenBatch& batch, Device device) {
-  const size_t n = batch.inputs.size();
-  if (batch.targets.size() != n || static_cast<int64_t>(n) != batch.batch * batch.seq)
-    throw std::invalid_argument("batch_to_device: " + std::to_string(batch.inputs.size()) + " inputs and " +
-                                std::to_string(batch.targets.size()) + " targets for a [" + std::to_string(batch.batch) +
-                                ", " + std::to_string(batch.seq) + "] batch");
-  std::vector<int32_t> both;
-  both.reserve(2 * n);
-  both.insert(both.end(), batch.inputs.begin(), batch.inputs.end());
-  both.insert(both.end(), batch.targets.begin(), batch.targets.end());
-  const Tensor t = Tensor::from_vector(both, {2, batch.batch, batch.seq}, device);
-  return {t.narrow_view(0, 0, 1).view({batch.batch, batch.seq}), t.narrow_view(0, 1, 1).view({batch.batch, batch.seq})};
 }
 
 double entropy_floor(const ExperimentSpec& spec) {

@@ -10,13 +10,11 @@
 
 #include "core/spec/spec.h"
 #include "core/engine/tensor.h"
+#include "core/train/train_state.h"
+#include "core/train/train_step.h"
 #include "data/batch_source.h"
 
 namespace pt {
-
-// The version of the training checkpoints this build writes (meta.format_version) and the newest it
-// resumes from; a checkpoint without format_version is version 1 (docs/checkpoints.md).
-inline constexpr int64_t kCheckpointFormatVersion = 2;
 
 struct TrainOptions {
   std::filesystem::path run_dir;  // spec.json, metrics.jsonl and checkpoints/ live here
@@ -44,9 +42,5 @@ std::unique_ptr<data::BatchSource> make_batch_source(const ExperimentSpec& spec,
 
 // The synthetic source's entropy floor for this spec (NaN for other sources).
 double entropy_floor(const ExperimentSpec& spec);
-
-// A batch's inputs and targets as [batch, seq] i32 tensors on `device`, moved in one host-to-device
-// copy (every such copy synchronises the device, so one per batch rather than two).
-std::pair<Tensor, Tensor> batch_to_device(const data::TokenBatch& batch, Device device);
 
 }  // namespace pt
