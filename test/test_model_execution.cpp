@@ -103,3 +103,40 @@ TEST_CASE("every parameter of every ablation spec receives a gradient", "[model]
     }
   }
 }
+
+TEST_CASE("loss_parts: the LM loss is the total without auxiliary losses, with and without recompute", "[model]") {
+  for (const bool recompute : {false, true}) {
+    INFO("recompute " << recompute);
+    const ExperimentSpec spec = tiny_spec();
+    Rng rng(spec.training.seed);
+    Transformer model(spec.model, rng);
+    ExecutionOptions options;
+    options.recompute_blocks = recompute;
+    model.set_execution(options);
+    auto [inputs, targets] = batch(spec, 2, 16);
+    const LossParts parts = model.loss_parts(inputs, targets);
+    CHECK(parts.aux.empty());
+    CHECK(parts.total.same_impl(parts.lm));
+    CHECK(parts.lm.item() == model.loss(inputs, targets).item());
+  }
+}
+
+TEST_CASE("the model's store holds exactly the parameter table the modules declare", "[model]") {
+  for (const std::vector<std::string>& overrides :
+       {std::vector<std::string>{}, {"model.norm.unified=true", "model.attn_gate.position=\"g1\""},
+        {"model.preset=\"gpt2\""}, {"model.activation=\"moa\"", "model.moa.init=\"exact\""},
+        {"model.activation=\"la\"", "model.la.granularity=\"channel\"", "model.norm.qk_norm=true"}}) {
+    const ExperimentSpec spec = tiny_spec(overrides);
+    const std::vector<ParamInfo> table = parameter_table(spec.model);
+    Rng rng(1);
+    const Transformer model(spec.model, rng);
+    REQUIRE(model.params().size() == table.size());
+    for (size_t i = 0; i < table.size(); ++i) {
+      INFO(table[i].name);
+      CHECK(model.params().info(i).name == table[i].name);
+      CHECK(model.params().value(i).shape() == table[i].shape);
+      CHECK(model.params().find(table[i].name).index == static_cast<int32_t>(i));
+    }
+    CHECK(model.num_parameters() == count_parameters(spec.model));
+  }
+}
